@@ -1,0 +1,1 @@
+"""Package data: the embedded corpus sentence list (sentences.txt)."""

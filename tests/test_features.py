@@ -1,0 +1,251 @@
+"""Log-Mel pipelines against the published recipes, feature directories, standardisation, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import kaldiio
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+from omegaconf import OmegaConf
+
+from speechsq.data_prep.audio import AudioProblem
+from speechsq.data_prep.kaldi_dir import KaldiDataDir
+from speechsq.features import (
+    PIPELINES,
+    Cmvn,
+    FeatureReader,
+    FeatureStoreError,
+    build_pipeline,
+    load_features,
+    load_preprocessing_config,
+)
+from speechsq.features import compute as compute_module
+from speechsq.features.cmvn import RunningMoments
+from speechsq.features.compute import compute_features
+from speechsq.features.logmel import StftMagnitude
+from speechsq.features.reference import REFERENCES
+
+
+def speech_like(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    """Harmonic source with a moving pitch, amplitude modulation, noise and a near-silent gap,
+    so that the spectra span the whole dB range (including the clipping/floor regions)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 110 + 20 * seed + 30 * np.sin(2 * np.pi * 0.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 25)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) ** 2
+    x += 0.01 * rng.standard_normal(len(t))
+    gap = slice(len(t) // 3, min(len(t), len(t) // 3 + sr // 5))
+    x[gap] = 1e-4 * rng.standard_normal(gap.stop - gap.start)
+    return (0.5 * x / np.abs(x).max()).astype(np.float32)
+
+
+def write(path: Path, wav: np.ndarray, sr: int) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wav, sr, subtype="PCM_16")
+    return str(path)
+
+
+def make_data_dir(tmp_path: Path, sr: int = 16000, n: int = 4, extra: dict | None = None) -> Path:
+    wavs = {f"S{k:03d}_000000000{k}": write(tmp_path / f"wav/{k}.wav", speech_like(1.0 + 0.3 * k, sr, k), sr)
+            for k in range(n)}
+    wavs.update(extra or {})
+    d = tmp_path / "data"
+    KaldiDataDir(wavs, {u: u[:4] for u in wavs}).write(d)
+    return d
+
+
+# ------------------------------------------------------------------------------ the recipes
+@pytest.mark.parametrize("name,sr", [("zerospeech19", 16000), ("vctk", 48000)])
+def test_pipeline_matches_reference_recipe(tmp_path, name, sr):
+    cfg = load_preprocessing_config(name)
+    path = write(tmp_path / "x.wav", speech_like(2.3, sr), sr)
+    ours = build_pipeline(cfg)(path)
+    ref = REFERENCES[name](path, cfg)
+    num_samples = int(np.ceil(len(speech_like(2.3, sr)) * cfg.sample_rate / sr))  # librosa.resample length
+    assert ours.shape == ref.shape == (1 + num_samples // cfg.hop_length, cfg.n_mels)
+    assert ours.dtype == np.float32 and np.all(np.isfinite(ours))
+    if name == "zerospeech19":  # features in [0, 1]: absolute tolerance
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)
+        assert np.isclose(ref.max() - ref.min(), 1.0, atol=1e-6)  # clipped 80 dB below the max, / 80
+    else:  # dB; float32 FFTs: 1e-4 dB = 1.2e-5 relative amplitude
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
+        assert ref.min() > -200 and ref.max() < 40
+
+
+def test_zerospeech_recipe_by_hand(tmp_path):
+    """The reference itself, checked step by step against plain numpy on a 16 kHz signal."""
+    cfg = load_preprocessing_config("zerospeech19")
+    wav = speech_like(1.0, 16000)
+    path = write(tmp_path / "x.wav", wav, 16000)
+    x, _ = sf.read(path, dtype="float32")
+    x = x / np.abs(x).max() * 0.999
+    y = np.concatenate([[x[0]], x[1:] - 0.97 * x[:-1]])
+    spec = np.abs(librosa.stft(y, n_fft=2048, hop_length=160, win_length=400, window="hann", pad_mode="reflect"))
+    mel = librosa.filters.mel(sr=16000, n_fft=2048, n_mels=80, fmin=50, fmax=8000) @ spec
+    db = 20 * np.log10(np.maximum(1e-5, mel))
+    expected = (np.maximum(db, db.max() - 80) / 80 + 1).T
+    np.testing.assert_allclose(build_pipeline(cfg)(path), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_fft,win,hop", [(2048, 400, 160), (2048, 1200, 300), (512, 511, 128), (64, 64, 16)])
+def test_window_support_stft_equals_librosa_stft(n_fft, win, hop):
+    x = np.random.default_rng(1).standard_normal(3001)
+    ours = StftMagnitude(n_fft, win, hop, "reflect")(x)
+    ref = np.abs(librosa.stft(x, n_fft=n_fft, hop_length=hop, win_length=win, pad_mode="reflect")).T
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-5 * ref.max())
+
+
+def test_configs_load_and_build_by_name():
+    assert PIPELINES.names() == ["vctk", "zerospeech19"]
+    zs = load_preprocessing_config("zerospeech19")
+    assert (zs.n_fft, zs.win_length, zs.hop_length, zs.n_mels, zs.fmin, zs.fmax, zs.top_db) == (
+        2048, 400, 160, 80, 50, 8000, 80)
+    vc = load_preprocessing_config("vctk", ["n_mels=40"])
+    assert (vc.sample_rate, vc.win_length, vc.hop_length, vc.fmin, vc.fmax, vc.floor_db, vc.n_mels) == (
+        24000, 1200, 300, 80, 7600, -200, 40)
+    assert build_pipeline(OmegaConf.create({"preprocessing": vc}).preprocessing).n_mels == 40
+    with pytest.raises(FileNotFoundError, match="known: vctk, zerospeech19"):
+        load_preprocessing_config("librispeech")
+
+
+# -------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("name", ["zerospeech19", "vctk"])
+def test_silent_input_is_an_error_not_nan(tmp_path, name):
+    pipeline = build_pipeline(name)
+    path = write(tmp_path / "silent.wav", np.zeros(pipeline.sample_rate, np.float32), pipeline.sample_rate)
+    with pytest.raises(AudioProblem, match="silent"):
+        pipeline(path)
+    with pytest.raises(AudioProblem, match="silent"):
+        pipeline.from_waveform(np.zeros(16000, np.float32))
+
+
+def test_compute_skips_bad_files_with_reasons(tmp_path):
+    bad = {
+        "S900_0000000001": write(tmp_path / "bad/silent.wav", np.zeros(16000, np.float32), 16000),
+        "S901_0000000001": str(tmp_path / "bad/missing.wav"),
+        "S902_0000000001": write(tmp_path / "bad/short.wav", speech_like(0.1, 16000), 16000),
+    }
+    (tmp_path / "bad/text.wav").write_text("RIFF but not really")
+    bad["S903_0000000001"] = str(tmp_path / "bad/text.wav")
+    d = make_data_dir(tmp_path, n=2, extra=bad)
+    report = compute_features(d, tmp_path / "feats", "zerospeech19", min_frames=34, progress=False)
+    assert report.written == 2
+    reasons = {line.split()[0]: line.split()[1] for line in (tmp_path / "feats/skipped").read_text().splitlines()}
+    assert reasons == {"S900_0000000001": "silent", "S901_0000000001": "missing",
+                       "S902_0000000001": "too-short", "S903_0000000001": "not-audio"}
+    feats = load_features(tmp_path / "feats")
+    assert set(feats) == {"S000_0000000000", "S001_0000000001"}
+    assert all(np.all(np.isfinite(f)) for f in feats.values())
+
+
+def test_all_bad_is_an_error(tmp_path):
+    silent = {"S900_0000000001": write(tmp_path / "s.wav", np.zeros(16000, np.float32), 16000)}
+    d = make_data_dir(tmp_path, n=0, extra=silent)
+    assert compute_module.main(["--data-dir", str(d), "--out", str(tmp_path / "f"), "--nj", "1"]) == 1
+    assert not (tmp_path / "f/feats.scp").exists()
+
+
+# ------------------------------------------------------------------------- feature storage
+def test_compute_writes_kaldi_features_identical_for_any_nj(tmp_path):
+    d = make_data_dir(tmp_path)
+    assert compute_module.main(["--data-dir", str(d), "--out", str(tmp_path / "f1"), "--nj", "1"]) == 0
+    compute_features(d, tmp_path / "f2", "zerospeech19", nj=2, progress=False)
+    assert (tmp_path / "f1/feats.ark").read_bytes() == (tmp_path / "f2/feats.ark").read_bytes()
+
+    pipeline = build_pipeline("zerospeech19")
+    data = KaldiDataDir.read(d)
+    feats = load_features(tmp_path / "f1")
+    scp = dict(kaldiio.load_scp(str(tmp_path / "f1/feats.scp")))  # standard kaldiio reads it too
+    frames = dict(line.split() for line in (tmp_path / "f1/utt2num_frames").read_text().splitlines())
+    assert list(feats) == data.utterances
+    for utt in data.utterances:
+        expected = pipeline(data.wav_path(utt))
+        np.testing.assert_array_equal(feats[utt], expected)
+        np.testing.assert_array_equal(scp[utt], expected)
+        assert int(frames[utt]) == len(expected)
+    assert not list((tmp_path / "f1").glob("*.tmp"))
+
+
+def test_reader_follows_a_moved_directory(tmp_path):
+    d = make_data_dir(tmp_path, n=2)
+    compute_features(d, tmp_path / "f", "zerospeech19", progress=False)
+    before = load_features(tmp_path / "f")
+    shutil.move(tmp_path / "f", tmp_path / "moved")
+    reader = FeatureReader(tmp_path / "moved")
+    assert len(reader) == 2 and reader.num_frames == {u: len(x) for u, x in before.items()}
+    for utt, x in before.items():
+        np.testing.assert_array_equal(reader[utt], x)
+
+
+def test_interrupted_run_leaves_no_complete_looking_scp(tmp_path, monkeypatch):
+    d = make_data_dir(tmp_path, n=3)
+    compute_features(d, tmp_path / "f", "zerospeech19", progress=False)
+    assert (tmp_path / "f/feats.scp").is_file()
+    calls = {"n": 0}
+    real = compute_module._extract
+
+    def interrupted(item):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(item)
+
+    monkeypatch.setattr(compute_module, "_extract", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compute_features(d, tmp_path / "f", "zerospeech19", progress=False)
+    assert not (tmp_path / "f/feats.scp").exists()
+    assert not (tmp_path / "f/utt2num_frames").exists()
+    assert sorted(os.listdir(tmp_path / "f")) == ["feats.ark", "preprocessing.yaml", "skipped"]  # old, inert
+    with pytest.raises(FeatureStoreError, match="did not finish"):
+        FeatureReader(tmp_path / "f")
+
+
+# --------------------------------------------------------------------------- standardisation
+def test_running_moments_match_numpy():
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(-40, 15, size=(n, 5)) for n in (1, 7, 300, 2)]
+    moments = RunningMoments(5)
+    for c in chunks:
+        moments.update(c)
+    everything = np.concatenate(chunks)
+    cmvn = moments.finalize()
+    np.testing.assert_allclose(cmvn.mean, everything.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(cmvn.std, everything.std(0), rtol=1e-6)  # population std (StandardScaler)
+    assert cmvn.count == len(everything)
+    x = everything[:10].astype(np.float32)
+    np.testing.assert_allclose(cmvn.inverse(cmvn.apply(x)), x, atol=1e-4)
+
+
+def test_vctk_standardisation_uses_training_statistics(tmp_path):
+    train = make_data_dir(tmp_path / "train", sr=48000, n=3)
+    test = make_data_dir(tmp_path / "test", sr=48000, n=2)
+    compute_features(train, tmp_path / "f/train", "vctk", progress=False)
+    cmvn = Cmvn.load(tmp_path / "f/train/cmvn.npz")
+    assert compute_module.main(["--data-dir", str(test), "--out", str(tmp_path / "f/test"), "--preprocessing",
+                                "vctk", "--nj", "1", "--cmvn-from", str(tmp_path / "f/train/cmvn.npz")]) == 0
+    assert not (tmp_path / "f/test/cmvn.npz").exists()
+
+    pipeline = build_pipeline("vctk")
+    raw_train = {u: pipeline(p) for u, p in KaldiDataDir.read(train).wav_scp.items()}
+    stacked = np.concatenate(list(raw_train.values()))
+    np.testing.assert_allclose(cmvn.mean, stacked.mean(0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(cmvn.std, stacked.std(0), rtol=1e-5)
+    train_feats = load_features(tmp_path / "f/train")
+    all_train = np.concatenate(list(train_feats.values()))
+    np.testing.assert_allclose(all_train.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(all_train.std(0), 1, atol=1e-4)
+    for utt, x in load_features(tmp_path / "f/test").items():
+        raw = pipeline(KaldiDataDir.read(test).wav_path(utt))
+        np.testing.assert_allclose(x, (raw - cmvn.mean) / cmvn.std, atol=1e-5)
+        np.testing.assert_allclose(cmvn.inverse(x), raw, atol=1e-3)  # dB, for MSE in dB^2
+    stored = FeatureReader(tmp_path / "f/train").cmvn()
+    np.testing.assert_array_equal(stored.mean, cmvn.mean)
+    np.testing.assert_array_equal(stored.std, cmvn.std)
+    assert stored.count == sum(len(x) for x in raw_train.values())
