@@ -1,0 +1,383 @@
+"""Unit extraction: run a checkpoint over utterances and write units other tools can read.
+
+    speechsq extract --checkpoint exp/x/checkpoints/last.pt \\
+                     (--data-dir data/test --feats feats/test | --wav-dir wavs/) \\
+                     --out exp/x/units/test [--batch-size 32] [--zerospeech]
+
+Utterances are encoded in batches (sorted by length, zero-padded, with their lengths, so
+padding never changes a unit; see ``model.encode``). Written under ``--out``:
+
+``indices/<utt>.npy``     int64 ``(T',)`` code index of every latent frame
+``z_q/<utt>.npy``         float32 ``(T', code_dim)`` quantised codes (continuous)
+``z_e/<utt>.npy``         float32 ``(T', input_dim)`` encoder output before quantisation
+``units.txt``             ``<utt> u1 u2 ...`` deduplicated units (runs collapsed)
+``durations.txt``         ``<utt> d1 d2 ...`` run lengths in latent frames (sum = T')
+``extract.json``          checkpoint, frame shift of the units, counts
+
+and with ``--zerospeech`` the ZeroSpeech 2019 submission tree ``zerospeech/``:
+``test/<utt>.txt`` one row per latent frame (the quantised code ``z_q`` by default, or
+``--zerospeech-embedding onehot|index``), values separated by single spaces, the same
+number of columns in every file; ``auxiliary_embedding1/<utt>.txt`` the encoder output
+``z_e``; ``metadata.yaml``.
+
+Python API (textlesslib-style)::
+
+    extractor = UnitExtractor.from_checkpoint("last.pt")
+    out = extractor(waveform, sample_rate=16000)   # or extractor.from_features(feats)
+    out["units"], out["durations"], out["dense"]    # sum(durations) == len(dense)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+ZEROSPEECH_EMBEDDINGS = ("codes", "onehot", "index")
+DOWNSAMPLING = 2  # latent frames are twice the feature frame shift (SQ-VAE App. E.2.2)
+
+
+@dataclass
+class EncodedUtterance:
+    utt: str
+    indices: np.ndarray  # (T',) int64
+    z_q: np.ndarray  # (T', code_dim)
+    z_e: np.ndarray  # (T', input_dim)
+
+
+def deduplicate(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Collapse runs: ``[3, 3, 5, 3] -> units [3, 5, 3], durations [2, 1, 1]``."""
+    indices = np.asarray(indices).reshape(-1)
+    if indices.size == 0:
+        return indices.astype(np.int64), np.zeros(0, dtype=np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(indices[1:] != indices[:-1]) + 1])
+    durations = np.diff(np.concatenate([starts, [indices.size]]))
+    return indices[starts].astype(np.int64), durations.astype(np.int64)
+
+
+def encode_batches(
+    model,
+    feats: Mapping[str, np.ndarray],
+    utterances: list[str] | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Iterator[EncodedUtterance]:
+    """Encode ``utt -> (frames, n_mels)`` features in padded batches (sorted by length)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    utterances = list(feats) if utterances is None else list(utterances)
+    lengths = {}
+    for utt in utterances:
+        matrix = feats[utt]
+        if matrix.ndim != 2 or matrix.shape[0] < 1:
+            raise ValueError(f"features of {utt!r} must be (frames >= 1, n_mels), got shape {matrix.shape}")
+        lengths[utt] = matrix.shape[0]
+    order = sorted(utterances, key=lambda u: lengths[u])
+    for start in tqdm(range(0, len(order), batch_size), desc="extract", disable=not progress):
+        names = order[start : start + batch_size]
+        mats = [np.asarray(feats[u], dtype=np.float32) for u in names]
+        width = max(m.shape[0] for m in mats)
+        x = np.zeros((len(mats), mats[0].shape[1], width), dtype=np.float32)
+        for row, m in enumerate(mats):
+            x[row, :, : m.shape[0]] = m.T
+        lens = torch.tensor([m.shape[0] for m in mats])
+        with torch.no_grad():
+            enc = model.encode(torch.from_numpy(x).to(device), lens.to(device))
+        latent_lengths = enc["lengths"].cpu().tolist()
+        indices = enc["indices"].cpu().numpy()
+        z_q = enc["z_q"].float().cpu().numpy()
+        z_e = enc["z_e"].float().cpu().numpy()
+        for row, utt in enumerate(names):
+            n = int(latent_lengths[row])
+            yield EncodedUtterance(utt, indices[row, :n].astype(np.int64), z_q[row, :n], z_e[row, :n])
+
+
+def _format_rows(matrix: np.ndarray, fmt: str) -> str:
+    """Rows of values joined by single spaces, one line per row."""
+    matrix = np.atleast_2d(matrix)
+    return "".join(" ".join(fmt % v for v in row) + "\n" for row in matrix)
+
+
+def zerospeech_rows(enc: EncodedUtterance, embedding: str, num_codes: int) -> tuple[np.ndarray, str]:
+    if embedding == "codes":
+        return enc.z_q, "%.6f"
+    if embedding == "onehot":
+        onehot = np.zeros((len(enc.indices), num_codes), dtype=np.int64)
+        onehot[np.arange(len(enc.indices)), enc.indices] = 1
+        return onehot, "%d"
+    if embedding == "index":
+        return enc.indices[:, None], "%d"
+    raise ValueError(f"unknown ZeroSpeech embedding {embedding!r}; choose one of {ZEROSPEECH_EMBEDDINGS}")
+
+
+METADATA_TEMPLATE = """author: {author}
+affiliation: {affiliation}
+description: {description}
+open_source: true
+train_set: {train_set}
+gpu_budget: {gpu_budget}
+parameters:
+  frame_shift_s: {frame_shift}
+  num_codes: {num_codes}
+  test_embedding: {embedding}
+  auxiliary_embedding1: encoder output before quantisation (z_e)
+  checkpoint: {checkpoint}
+"""
+
+
+class UnitWriter:
+    """Writes the per-utterance files and, optionally, the ZeroSpeech tree."""
+
+    def __init__(self, out_dir: str | Path, zerospeech: bool = False, embedding: str = "codes", num_codes: int = 0):
+        self.out = Path(out_dir)
+        self.zerospeech = zerospeech
+        self.embedding = embedding
+        self.num_codes = num_codes
+        for sub in ("indices", "z_q", "z_e"):
+            (self.out / sub).mkdir(parents=True, exist_ok=True)
+        if zerospeech:
+            for sub in ("test", "auxiliary_embedding1"):
+                (self.out / "zerospeech" / sub).mkdir(parents=True, exist_ok=True)
+        self.units: dict[str, np.ndarray] = {}
+        self.durations: dict[str, np.ndarray] = {}
+        self.widths: set[int] = set()
+
+    def write(self, enc: EncodedUtterance) -> None:
+        np.save(self.out / "indices" / f"{enc.utt}.npy", enc.indices)
+        np.save(self.out / "z_q" / f"{enc.utt}.npy", enc.z_q.astype(np.float32))
+        np.save(self.out / "z_e" / f"{enc.utt}.npy", enc.z_e.astype(np.float32))
+        self.units[enc.utt], self.durations[enc.utt] = deduplicate(enc.indices)
+        if self.zerospeech:
+            rows, fmt = zerospeech_rows(enc, self.embedding, self.num_codes)
+            self.widths.add(rows.shape[1])
+            (self.out / "zerospeech" / "test" / f"{enc.utt}.txt").write_text(_format_rows(rows, fmt))
+            (self.out / "zerospeech" / "auxiliary_embedding1" / f"{enc.utt}.txt").write_text(_format_rows(enc.z_e, "%.6f"))
+
+    def finish(self, info: dict) -> None:
+        for name, table in (("units.txt", self.units), ("durations.txt", self.durations)):
+            lines = [f"{utt} {' '.join(map(str, table[utt].tolist()))}\n" for utt in sorted(table)]
+            (self.out / name).write_text("".join(lines))
+        if self.zerospeech:
+            if len(self.widths) > 1:  # cannot happen with one model; guard the format promise
+                raise RuntimeError(f"ZeroSpeech rows of different widths {sorted(self.widths)}")
+            (self.out / "zerospeech" / "metadata.yaml").write_text(
+                METADATA_TEMPLATE.format(
+                    author=info.get("author", "speechsq"),
+                    affiliation=info.get("affiliation", "unknown"),
+                    description=json.dumps(info.get("description", "speechsq discrete units")),
+                    train_set=info.get("train_set", "unknown"),
+                    gpu_budget=info.get("gpu_budget", 0),
+                    frame_shift=info["frame_shift"],
+                    num_codes=self.num_codes,
+                    embedding=self.embedding,
+                    checkpoint=json.dumps(str(info.get("checkpoint", ""))),
+                )
+            )
+        (self.out / "extract.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def num_codes_of(model) -> int:
+    q = getattr(model, "quantizer", None)
+    for attr in ("num_codes", "codebook_size"):
+        if q is not None and hasattr(q, attr):
+            return int(getattr(q, attr))
+    raise AttributeError("cannot tell the codebook size of this model (model.quantizer.num_codes)")
+
+
+def feature_frame_shift(cfg) -> float:
+    pre = cfg["preprocessing"]
+    return float(pre["hop_length"]) / float(pre["sample_rate"])
+
+
+class UnitExtractor:
+    """Waveform or features -> ``{"units", "durations", "dense", "z_q", "z_e"}`` (torch tensors).
+
+    ``dense`` is the code index of every latent frame, ``units``/``durations`` its run-length
+    encoding. ``vocab_size``, ``code_hop_size`` (waveform samples per unit) and
+    ``expected_sample_rate`` follow textlesslib's duck-typed encoder contract.
+    """
+
+    def __init__(self, model, cfg, device: str | torch.device = "cpu", cmvn=None):
+        from speechsq.features import build_pipeline
+
+        self.model = model.to(device).eval()
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.pipeline = build_pipeline(cfg["preprocessing"])
+        if self.pipeline.standardize and cmvn is None:
+            raise ValueError("these features are standardised: pass the training-set Cmvn (cmvn.npz)")
+        self.cmvn = cmvn
+        self.vocab_size = num_codes_of(model)
+        self.expected_sample_rate = self.pipeline.sample_rate
+        self.code_hop_size = self.pipeline.hop_length * DOWNSAMPLING
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, device: str | torch.device = "cpu", cmvn_path: str | Path | None = None):
+        from speechsq.features import Cmvn
+        from speechsq.training import load_model
+
+        model, cfg = load_model(checkpoint, device=device)
+        return cls(model, cfg, device, Cmvn.load(cmvn_path) if cmvn_path else None)
+
+    def features(self, waveform, sample_rate: int | None = None) -> np.ndarray:
+        wav = waveform.detach().cpu().numpy() if torch.is_tensor(waveform) else np.asarray(waveform)
+        wav = np.squeeze(wav)
+        if wav.ndim != 1:
+            raise ValueError(f"expected a mono waveform, got shape {np.shape(waveform)}")
+        if sample_rate is not None and sample_rate != self.expected_sample_rate:
+            raise ValueError(f"expected {self.expected_sample_rate} Hz audio, got {sample_rate} Hz; resample first")
+        feats = self.pipeline.from_waveform(wav.astype(np.float64))
+        return self.cmvn.apply(feats) if self.cmvn is not None else feats
+
+    def from_features(self, feats: np.ndarray) -> dict[str, torch.Tensor]:
+        enc = next(encode_batches(self.model, {"x": feats}, batch_size=1, device=self.device, progress=False))
+        units, durations = deduplicate(enc.indices)
+        return {
+            "units": torch.from_numpy(units),
+            "durations": torch.from_numpy(durations),
+            "dense": torch.from_numpy(enc.indices),
+            "z_q": torch.from_numpy(enc.z_q),
+            "z_e": torch.from_numpy(enc.z_e),
+        }
+
+    def __call__(self, waveform, sample_rate: int | None = None) -> dict[str, torch.Tensor]:
+        return self.from_features(self.features(waveform, sample_rate))
+
+
+class WavFeatures(Mapping):
+    """Lazy ``utt -> features`` over a folder of wavs (utt = file stem)."""
+
+    def __init__(self, wav_dir: str | Path, pipeline, cmvn=None):
+        self.paths = {p.stem: p for p in sorted(Path(wav_dir).rglob("*.wav"))}
+        if not self.paths:
+            raise FileNotFoundError(f"no .wav files under {wav_dir}")
+        self.pipeline, self.cmvn = pipeline, cmvn
+
+    def __getitem__(self, utt: str) -> np.ndarray:
+        feats = self.pipeline(self.paths[utt])
+        return self.cmvn.apply(feats) if self.cmvn is not None else feats
+
+    def __iter__(self):
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def extract(
+    model,
+    feats: Mapping[str, np.ndarray],
+    out_dir: str | Path,
+    frame_shift: float,
+    utterances: list[str] | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    zerospeech: bool = False,
+    embedding: str = "codes",
+    info: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Encode and write everything (see the module docstring); returns the info dict."""
+    if embedding not in ZEROSPEECH_EMBEDDINGS:
+        raise ValueError(f"unknown ZeroSpeech embedding {embedding!r}; choose one of {ZEROSPEECH_EMBEDDINGS}")
+    started = time.perf_counter()
+    writer = UnitWriter(out_dir, zerospeech, embedding, num_codes_of(model))
+    n = frames = 0
+    for enc in encode_batches(model, feats, utterances, batch_size, device, progress):
+        writer.write(enc)
+        n += 1
+        frames += len(enc.indices)
+    info = dict(info or {})
+    info.update(
+        {
+            "n_utterances": n,
+            "n_unit_frames": frames,
+            "frame_shift": frame_shift * DOWNSAMPLING,
+            "num_codes": writer.num_codes,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    writer.finish(info)
+    log.info("extracted %d utterances (%d unit frames) to %s", n, frames, out_dir)
+    return info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="speechsq extract", description="Extract units (and a ZeroSpeech 2019 submission) with a checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by speechsq train (e.g. exp/x/checkpoints/last.pt)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data-dir", help="Kaldi data dir (its utt2spk lists the utterances); use with --feats")
+    src.add_argument("--wav-dir", help="folder of .wav files (features computed with the checkpoint's preprocessing)")
+    p.add_argument("--feats", help="feature dir (feats.scp) matching --data-dir")
+    p.add_argument("--cmvn", help="cmvn.npz for standardised pipelines with --wav-dir")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--zerospeech", action="store_true", help="also write the ZeroSpeech 2019 submission tree")
+    p.add_argument("--zerospeech-embedding", default="codes", choices=ZEROSPEECH_EMBEDDINGS, help="rows of test/<utt>.txt")
+    p.add_argument("--train-set", default="unknown", help="metadata.yaml: training set description")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from speechsq.features import Cmvn, FeatureReader, build_pipeline
+    from speechsq.training import load_model
+
+    device = resolve_device(args.device)
+    model, cfg = load_model(args.checkpoint, device=device)
+    utterances = None
+    if args.data_dir:
+        if not args.feats:
+            raise SystemExit("speechsq extract: --data-dir needs --feats (the feature dir of that data dir)")
+        feats = FeatureReader(args.feats)
+        utt2spk = Path(args.data_dir) / "utt2spk"
+        if utt2spk.is_file():
+            from speechsq.data_prep.kaldi_dir import read_table
+
+            utterances = sorted(u for u in read_table(utt2spk) if u in feats)
+    else:
+        cmvn = Cmvn.load(args.cmvn) if args.cmvn else None
+        pipeline = build_pipeline(cfg["preprocessing"])
+        if pipeline.standardize and cmvn is None:
+            raise SystemExit("speechsq extract: standardised features need --cmvn feats/<train>/cmvn.npz")
+        feats = WavFeatures(args.wav_dir, pipeline, cmvn)
+    info = {"checkpoint": str(args.checkpoint), "train_set": args.train_set, "quantizer": str(cfg["quantizer"]["name"])}
+    extract(
+        model,
+        feats,
+        args.out,
+        feature_frame_shift(cfg),
+        utterances,
+        args.batch_size,
+        device,
+        args.zerospeech,
+        args.zerospeech_embedding,
+        info,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Collect per-run metrics into the tables of SQ-VAE Tables 9-10.
+
+    speechsq report --exp-dir exp/<tag>
+
+Layout read (written by ``speechsq evaluate``)::
+
+    exp/<tag>/<quantizer>/seed<N>/eval/metrics.json    one run (any number of seeds)
+    exp/<tag>/baseline/eval/metrics.json               optional: ABX of the input log-Mels
+
+A ``<quantizer>`` directory may carry a suffix (``vq_ema_sigma0.1``) to tell apart
+configurations of one quantizer; it is the row label. Written next to them:
+
+``results.json``  per row: seeds, and for each of ``mse_db2, abx_across, abx_within,
+                  bitrate, perplexity, active_codes`` the values, mean and sample standard
+                  deviation (ddof = 1; 0 with a single seed); plus ``baseline``.
+``results.md``    the same as a Markdown table (mean ± std), printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+METRICS = ("mse_db2", "abx_across", "abx_within", "bitrate", "perplexity", "active_codes")
+HEADERS = {
+    "mse_db2": "MSE (dB²) ↓",
+    "abx_across": "ABX across (%) ↓",
+    "abx_within": "ABX within (%) ↓",
+    "bitrate": "bitrate (bit/s)",
+    "perplexity": "perplexity",
+    "active_codes": "active codes",
+}
+# paper names of the quantizers (SQ-VAE Tables 9-10); unknown names are shown as they are
+DISPLAY_NAMES = {
+    "vq": "VQ-VAE",
+    "vq_ema": "VQ-VAE w/ EMA",
+    "vq_ema_reset": "VQ-VAE w/ EMA + code reset",
+    "sq_fixed": "Quantization w/ fixed σ_q²",
+    "sq_gauss1": "Gaussian SQ-VAE (I)",
+    "sq_gauss2": "Gaussian SQ-VAE (II)",
+    "sq_gauss3": "Gaussian SQ-VAE (III)",
+    "sq_gauss4": "Gaussian SQ-VAE (IV)",
+    "sq_vmf": "vMF SQ-VAE",
+    "gumbel_vq": "Gumbel VQ",
+    "dvae": "dVAE",
+    "edvae": "EdVAE",
+    "gmvq": "GM-VQ",
+    "soft_vq": "soft VQ-VAE",
+}
+SEED_DIR = re.compile(r"^seed(\d+)$")
+
+
+def summarize(values: list[float]) -> dict:
+    arr = np.asarray(values, dtype=np.float64)
+    return {
+        "values": arr.tolist(),
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+        "n": len(arr),
+    }
+
+
+def collect(exp_dir: str | Path) -> dict:
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise FileNotFoundError(f"experiment directory not found: {exp_dir}")
+    rows: dict[str, dict] = {}
+    for metrics_file in sorted(exp_dir.glob("*/seed*/eval/metrics.json")):
+        seed_dir = metrics_file.parent.parent
+        match = SEED_DIR.match(seed_dir.name)
+        if not match:
+            continue
+        quantizer = seed_dir.parent.name
+        data = json.loads(metrics_file.read_text())
+        row = rows.setdefault(quantizer, {"seeds": [], "runs": {}})
+        row["seeds"].append(int(match.group(1)))
+        row["runs"][seed_dir.name] = {k: data.get(k) for k in METRICS}
+    results: dict = {"exp_dir": str(exp_dir), "quantizers": {}, "baseline": None}
+    for quantizer, row in sorted(rows.items()):
+        entry = {"display_name": display_name(quantizer), "seeds": sorted(row["seeds"]), "metrics": {}}
+        for key in METRICS:
+            values = [run[key] for run in row["runs"].values() if run.get(key) is not None]
+            if values:
+                entry["metrics"][key] = summarize(values)
+        results["quantizers"][quantizer] = entry
+    baseline = exp_dir / "baseline" / "eval" / "metrics.json"
+    if baseline.is_file():
+        data = json.loads(baseline.read_text())
+        results["baseline"] = {k: data.get(k) for k in ("abx_across", "abx_within")}
+    if not results["quantizers"] and results["baseline"] is None:
+        raise FileNotFoundError(f"no <quantizer>/seed<N>/eval/metrics.json (nor baseline) under {exp_dir}")
+    return results
+
+
+def display_name(quantizer: str) -> str:
+    for name in sorted(DISPLAY_NAMES, key=len, reverse=True):
+        if quantizer == name:
+            return DISPLAY_NAMES[name]
+        if quantizer.startswith(name + "_"):
+            return f"{DISPLAY_NAMES[name]} ({quantizer[len(name) + 1:]})"
+    return quantizer
+
+
+def _cell(stat: dict | None, digits: int) -> str:
+    if not stat:
+        return "–"
+    if stat["n"] > 1:
+        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f}"
+
+
+def markdown_table(results: dict) -> str:
+    digits = {"mse_db2": 2, "abx_across": 2, "abx_within": 2, "bitrate": 1, "perplexity": 1, "active_codes": 0}
+    lines = [
+        "| Model | seeds | " + " | ".join(HEADERS[m] for m in METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
+    ]
+    for entry in results["quantizers"].values():
+        cells = [_cell(entry["metrics"].get(m), digits[m]) for m in METRICS]
+        lines.append(f"| {entry['display_name']} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+    if results.get("baseline"):
+        b = results["baseline"]
+        cells = ["–"] * len(METRICS)
+        for i, m in enumerate(METRICS):
+            if m in b and b[m] is not None:
+                cells[i] = f"{b[m]:.2f}"
+        lines.append("| log-Mel baseline | – | " + " | ".join(cells) + " |")
+    note = (
+        "\nMean ± sample standard deviation over seeds. MSE as SQ-VAE Tables 3/9 (pooled over "
+        "frames, reference frame trimming); ABX error rates as Table 10 (within context)."
+    )
+    return "\n".join(lines) + "\n" + note + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="speechsq report", description="Collect <quantizer>/seed<N>/eval/metrics.json into results.json / results.md.")
+    p.add_argument("--exp-dir", required=True, help="experiment directory exp/<tag>")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    results = collect(args.exp_dir)
+    exp_dir = Path(args.exp_dir)
+    (exp_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown_table(results)
+    (exp_dir / "results.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
