@@ -1,0 +1,160 @@
+"""Image networks and the image VQ-VAE: the papers' grids, exact code round trips, clear
+errors, and a tiny model that learns a few digits through the shared Trainer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from speechsq.data.images import load_image_dataset
+from speechsq.likelihoods import LIKELIHOODS
+from speechsq.models import MODELS, build_model
+from speechsq.models.image import IMAGE_NETWORKS, ImageInputError, ImageVQVAE, ResBlock
+from speechsq.quantizers import StepContext, build_quantizer
+
+
+def _model(network="sqvae_mnist", channels=1, num_categories=None, likelihood=None, quantizer="vq", **q_options):
+    q = build_quantizer(quantizer, num_codes=8, code_dim=16, **q_options)
+    if likelihood is None:
+        likelihood = LIKELIHOODS.get("gaussian_fixed")(sigma2=0.1)
+    return ImageVQVAE(q, likelihood, network, channels, num_categories, width=16)
+
+
+# (network, image side, channels) -> the latent side the paper states
+PAPER_GRIDS = [
+    ("sqvae_two_layer", 28, 1, 7),  # App. D.3
+    ("sqvae_mnist", 28, 1, 7),  # App. E.1.2
+    ("sqvae_fashion_mnist", 28, 1, 7),
+    ("sqvae_cifar", 32, 3, 8),  # w/4
+    ("sqvae_cifar", 64, 3, 16),  # CelebA 64: 16 x 16 (App. E.1.2, the 72-dim VAE argument)
+    ("sqvae_celebamask", 64, 1, 8),  # App. E.3.2
+    ("sqvae_gray_celeba", 64, 1, 8),
+    ("edvae", 32, 3, 8),  # EdVAE App. D.2: w/4
+]
+
+
+@pytest.mark.parametrize("network,side,channels,latent", PAPER_GRIDS)
+def test_networks_give_the_papers_latent_grid_and_exact_code_round_trip(network, side, channels, latent):
+    model = _model(network, channels).eval()
+    x = torch.rand(2, channels, side, side)
+    enc = model.encode(x)
+    assert enc["z_e"].shape == (2, 16, latent, latent) and enc["indices"].shape == (2, latent, latent)
+    recon = model.reconstruct(x)
+    assert recon.shape == x.shape and float(recon.min()) >= 0 and float(recon.max()) <= 1  # sigmoid output
+    torch.testing.assert_close(model.decode_indices(enc["indices"]), recon)
+    assert IMAGE_NETWORKS.get(network).downsampling == side // latent
+
+
+def test_resblock_is_the_identity_when_its_last_batchnorm_is_zero():
+    block = ResBlock(8).eval()
+    x = torch.randn(2, 8, 5, 5)
+    assert not torch.allclose(block(x), x)
+    torch.nn.init.zeros_(block.body[-1].weight)
+    torch.nn.init.zeros_(block.body[-1].bias)
+    torch.testing.assert_close(block(x), x)
+
+
+def test_loss_is_likelihood_plus_quantizer_loss():
+    torch.manual_seed(0)
+    model = _model()
+    x = torch.rand(4, 1, 28, 28)
+    out = model({"images": x}, StepContext())
+    torch.testing.assert_close(out.loss, out.metrics["nll"] + out.metrics["latent_loss"])
+    torch.testing.assert_close(sum(out.terms.values()), out.loss)
+    out.loss.backward()
+    assert model.encoder[0].weight.grad is not None and model.quantizer.codebook.grad is not None
+
+
+@pytest.mark.parametrize("decoder", ["vmf", "categorical"])
+def test_categorical_models_train_kappa_and_decode_ids(decoder):
+    likelihood = LIKELIHOODS.get("vmf")(19, "one_hot") if decoder == "vmf" else LIKELIHOODS.get("categorical")(19)
+    model = _model("sqvae_celebamask", 1, 19, likelihood, quantizer="sq_vmf")
+    ids = torch.randint(0, 19, (2, 64, 64))
+    out = model({"images": ids}, StepContext())
+    out.loss.backward()
+    assert out.outputs["reconstruction"].shape == (2, 64, 64) and out.outputs["reconstruction"].dtype == torch.long
+    assert 0 <= float(out.metrics["pixel_error"]) <= 1
+    if decoder == "vmf":
+        assert model.likelihood.log_kappa.grad is not None and "kappa" in out.metrics
+        assert model.encoder[0].in_channels == 19  # the encoder sees the data on S^18
+
+
+def test_bad_images_are_clear_errors():
+    model = _model()
+    with pytest.raises(ImageInputError, match="built for 1 channel"):
+        model({"images": torch.rand(2, 3, 28, 28)})
+    with pytest.raises(ImageInputError, match="divisible"):
+        model({"images": torch.rand(2, 1, 30, 30)})
+    with pytest.raises(ImageInputError, match="continuous images must be"):
+        model({"images": torch.randint(0, 255, (2, 28, 28))})
+    with pytest.raises(ImageInputError, match="NaN"):
+        model({"images": torch.full((2, 1, 28, 28), float("nan"))})
+    cat = _model("sqvae_mnist", 1, 17, LIKELIHOODS.get("categorical")(17))
+    with pytest.raises(ImageInputError, match=r"category ids must lie in \[0, 17\)"):
+        cat({"images": torch.full((2, 28, 28), 17)})
+    with pytest.raises(ValueError, match="categorical pixels need a categorical likelihood"):
+        _model("sqvae_mnist", 1, 17)
+    with pytest.raises(ValueError, match="set num_categories"):
+        _model("sqvae_mnist", 1, None, LIKELIHOODS.get("categorical")(17))
+    with pytest.raises(ValueError, match="unknown image network 'resnet50'"):
+        _model("resnet50")
+
+
+def test_model_is_registered_and_built_from_a_config():
+    cfg = {
+        "model": {"name": "image_vqvae", "network": "sqvae_two_layer", "width": 32, "channels": 1, "num_categories": 256,
+                  "likelihood": {"name": "gaussian_closed_form"}, "categorical_decoder": "vmf", "vmf_directions": "circle"},
+        "quantizer": {"name": "sq_vmf", "num_codes": 16, "code_dim": 32, "options": {}},
+    }  # fmt: skip
+    assert "image_vqvae" in MODELS
+    model = build_model(cfg)
+    assert model.likelihood.sphere_dim == 2 and model.encoder[0].in_channels == 2  # grey levels on S^1
+    cfg["model"]["categorical_decoder"] = "softmax"
+    with pytest.raises(ValueError, match="unknown model.categorical_decoder"):
+        build_model(cfg)
+
+
+def test_tiny_model_learns_a_few_digits_through_the_shared_trainer(tmp_path):
+    from speechsq.eval.image_metrics import evaluate_image_model
+    from speechsq.training import build_run, compose_config, load_model
+
+    cfg = compose_config([
+        "experiment=images_digits", "quantizer=vq", "quantizer.num_codes=16", "quantizer.code_dim=16", "model.width=16",
+        "data.limit=32", "data.batch_size=16", "training.steps=150", "training.lr=3e-3", "training.milestones=[]",
+        "training.checkpoint_every=150", "training.log_every=50", "training.progress=false", f"exp_dir={tmp_path}",
+    ])  # fmt: skip
+    trainer = build_run(cfg)
+    split = load_image_dataset("digits", "train", limit=32)
+    before = evaluate_image_model(trainer.raw_model, split, device="cpu")
+    result = trainer.fit()
+    after = evaluate_image_model(trainer.raw_model, split, device="cpu")
+    # predicting the mean image of the 32 digits: the trivial baseline a model must beat
+    x = split.tensors(np.arange(32))["images"]
+    mean_image_mse = float((x - x.mean(0, keepdim=True)).pow(2).mean()) * 1e3
+    assert after.mse_x1e3 < 0.5 * mean_image_mse < before.mse_x1e3
+    assert after.perplexity > 2 and result.step == 150
+
+    model, saved = load_model(tmp_path / "checkpoints" / "last.pt")
+    assert saved.model.channels == 1 and saved.model.num_categories is None  # filled from the data
+    again = evaluate_image_model(model, split)
+    assert again.mse_x1e3 == pytest.approx(after.mse_x1e3, rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        ("depthwise_blobs.py", ["--dims", "4,8", "--steps", "60", "--points", "800", "--repeats", "1", "--factors", "64"]),
+        ("self_annealing.py", ["--steps", "40", "--points", "2", "--sigma2-q", "1"]),
+    ],
+)
+def test_experiment_scripts_run_end_to_end(tmp_path, script, args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "images" / "local" / script
+    done = subprocess.run([sys.executable, str(path), *args, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(tmp_path.glob("*.png")) and list(tmp_path.glob("*.json"))
