@@ -1,0 +1,204 @@
+"""`vq`, `vq_ema`, `vq_ema_reset`: nearest codes, loss closed forms, EMA and code-reset rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from speechsq.quantizers import build_quantizer
+from speechsq.quantizers.init import kmeans_init_
+
+D = 4
+
+
+def blobs(centres: torch.Tensor, per_blob: int, spread: float = 0.05, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    rows = centres.repeat_interleave(per_blob, 0)
+    return rows + spread * torch.randn(rows.shape, generator=g)
+
+
+# --------------------------------------------------------------------------------------
+# vq
+# --------------------------------------------------------------------------------------
+def test_vq_picks_the_nearest_code_and_loss_is_eq4():
+    q = build_quantizer("vq", num_codes=8, code_dim=D).train()
+    z = torch.randn(2, 5, D, requires_grad=True)
+    out = q(z)
+    rows = z.detach().reshape(-1, D)
+    nearest = torch.cdist(rows, q.codebook.detach()).argmin(-1)
+    assert torch.equal(out.indices.reshape(-1), nearest)
+    codes = q.codebook.detach()[nearest]
+    sq = (rows - codes).pow(2).sum() / 2  # per example: B = 2
+    assert torch.allclose(out.terms["codebook"], sq)
+    assert torch.allclose(out.terms["commitment"], 0.25 * sq)
+    # straight-through: the decoder input equals the codes, its gradient is passed to z unchanged
+    assert torch.allclose(out.z_q.detach().reshape(-1, D), codes)
+    upstream = torch.randn_like(out.z_q)
+    (out.z_q * upstream).sum().backward()
+    assert torch.allclose(z.grad, upstream)
+    assert q.codebook.grad is None or torch.count_nonzero(q.codebook.grad) == 0
+
+
+def test_vq_codebook_gradient_comes_from_the_codebook_term_only_for_used_codes():
+    q = build_quantizer("vq", num_codes=8, code_dim=D).train()
+    z = torch.randn(1, 6, D)
+    out = q(z)
+    out.loss.backward()
+    used = torch.unique(out.indices)
+    grad = q.codebook.grad
+    unused = torch.ones(8, dtype=torch.bool)
+    unused[used] = False
+    assert torch.count_nonzero(grad[unused]) == 0
+    # d/db_k sum_{n: k(n)=k} ||z_n - b_k||^2 = 2 sum (b_k - z_n)
+    rows = z.reshape(-1, D)
+    expected = torch.zeros(8, D).index_add_(0, out.indices.reshape(-1), 2 * (q.codebook.detach()[out.indices.reshape(-1)] - rows))
+    assert torch.allclose(grad, expected, atol=1e-6)
+
+
+def test_kmeans_init_on_first_training_batch_finds_the_blobs():
+    centres = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 3.0]])
+    rows = blobs(centres, 50)
+    q = build_quantizer("vq", num_codes=4, code_dim=D, init="kmeans")
+    q.eval()
+    q(rows[None])  # eval: no initialisation
+    assert not bool(q.kmeans_done)
+    q.train()
+    q(rows[None])
+    assert bool(q.kmeans_done)
+    dist = torch.cdist(centres, q.codebook.detach())
+    assert torch.all(dist.min(1).values < 0.1)
+    before = q.codebook.detach().clone()
+    q(rows[None] + 10.0)  # second batch: no re-initialisation
+    assert torch.equal(q.codebook.detach(), before)
+
+
+def test_kmeans_helper_reaches_a_lloyd_fixed_point():
+    rows = blobs(torch.randn(5, D) * 4, 30, seed=3)
+    book = torch.empty(5, D)
+    kmeans_init_(book, rows, iters=20, generator=torch.Generator().manual_seed(0))
+    assign = torch.cdist(rows, book).argmin(-1)
+    for k in assign.unique():
+        assert torch.allclose(book[k], rows[assign == k].mean(0), atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# vq_ema
+# --------------------------------------------------------------------------------------
+def test_ema_codebook_is_not_a_trainable_parameter():
+    q = build_quantizer("vq_ema", num_codes=8, code_dim=D)
+    assert all(p is not q.codebook for p in q.parameters())
+    out = q.train()(torch.randn(2, 3, D, requires_grad=True))
+    assert set(out.terms) == {"commitment"}
+
+
+def test_ema_moves_only_used_codes_to_their_smoothed_means():
+    q = build_quantizer("vq_ema", num_codes=8, code_dim=D, init="normal").train()
+    before = q.codebook.clone()
+    # rows near codes 1 and 5 only
+    rows = torch.cat([blobs(before[1:2], 6, seed=1), blobs(before[5:6], 3, seed=2)])
+    out = q(rows[None])
+    idx = out.indices.reshape(-1)
+    assert set(idx.tolist()) == {1, 5}
+    unused = [k for k in range(8) if k not in (1, 5)]
+    assert torch.equal(q.codebook[unused], before[unused])  # bit for bit
+    # closed form after one step from N = m = 0 (Laplace smoothing, eps = 1e-5)
+    gamma, eps, k = 0.99, 1e-5, 8
+    n = torch.bincount(idx, minlength=k).float()
+    total = (1 - gamma) * n.sum()
+    for code in (1, 5):
+        mean = rows[idx == code].mean(0)
+        n_ema = (1 - gamma) * n[code]
+        smoothed = (n_ema + eps) / (total + k * eps) * total
+        assert torch.allclose(q.codebook[code], (1 - gamma) * n[code] * mean / smoothed, rtol=1e-6)
+        assert torch.allclose(q.codebook[code], mean, rtol=1e-3)
+
+
+def test_ema_reaches_the_mean_of_its_assigned_rows_and_stays():
+    q = build_quantizer("vq_ema", num_codes=4, code_dim=D, decay=0.9, init="normal").train()
+    rows = torch.cat([blobs(q.codebook[k : k + 1].clone(), 10, spread=0.01, seed=k) for k in range(4)])
+    for _ in range(50):
+        out = q(rows[None])
+    idx = out.indices.reshape(-1)
+    for code in idx.unique():
+        assert torch.allclose(q.codebook[code], rows[idx == code].mean(0), atol=1e-4)
+
+
+def test_ema_does_not_update_in_eval_mode():
+    q = build_quantizer("vq_ema", num_codes=8, code_dim=D).eval()
+    state = {k: v.clone() for k, v in q.state_dict().items()}
+    q(torch.randn(2, 5, D))
+    for key, value in q.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+# --------------------------------------------------------------------------------------
+# vq_ema_reset (SQ-VAE App. E.1.2)
+# --------------------------------------------------------------------------------------
+def test_reset_redraws_least_used_code_near_most_used_every_20_batches():
+    torch.manual_seed(0)
+    q = build_quantizer("vq_ema_reset", num_codes=6, code_dim=D, init="normal").train()
+    # every row is nearest to code 2: code 2 is the most used, codes 0, 1, 3.. never used
+    target = q.codebook[2:3].clone()
+    rows = blobs(target, 12, spread=0.01)
+    start = q.codebook.clone()
+    for batch in range(1, 20):
+        out = q(rows[None])
+        assert (out.indices == 2).all()
+        others = [k for k in range(6) if k != 2]
+        assert torch.equal(q.codebook[others], start[others]), f"reset before batch 20 (batch {batch})"
+    most = q.codebook[2].clone()
+    out = q(rows[None])  # batch 20: the least-used code (first of the unused: 0) is re-drawn
+    assert out.metrics["code_resets"].item() == 1
+    assert not torch.equal(q.codebook[0], start[0])
+    moved = q.codebook[0] - most
+    # N(b_most, 0.01 I): each coordinate within 5 sigma = 0.5, and not exactly b_most
+    assert moved.abs().max() < 0.5 and moved.abs().max() > 0
+    assert torch.equal(q.codebook[[1, 3, 4, 5]], start[[1, 3, 4, 5]])
+    # the usage window restarts: the next reset is 20 batches later
+    for _ in range(19):
+        q(rows[None])
+    assert int(q.resets_done) == 1
+    q(rows[None])
+    assert int(q.resets_done) == 2
+
+
+def test_no_reset_when_every_code_is_used_often_enough():
+    q = build_quantizer("vq_ema_reset", num_codes=4, code_dim=D, decay=0.9, init="normal").train()
+    rows = torch.cat([blobs(q.codebook[k : k + 1].clone(), 5 + k, spread=0.01, seed=k) for k in range(4)])
+    for _ in range(40):
+        out = q(rows[None])
+    assert out.indices.unique().numel() == 4
+    assert int(q.resets_done) == 0
+
+
+# --------------------------------------------------------------------------------------
+# data parallel: replicas stay identical
+# --------------------------------------------------------------------------------------
+def _ddp_worker(rank: int, world: int, init_file: str, result_file: str):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)  # same initial codebook everywhere (as DDP's parameter broadcast gives)
+    q = build_quantizer("vq_ema_reset", num_codes=6, code_dim=D, init="normal", reset_every=2).train()
+    batches = [blobs(q.codebook[2:3].clone(), 8, spread=0.02, seed=s) for s in range(2 * world)]
+    torch.manual_seed(1000 + rank)  # different RNG per rank: only the broadcast keeps the re-draw equal
+    for step in range(2):
+        q(batches[step * world + rank][None])
+    torch.save({k: v.clone() for k, v in q.state_dict().items()}, f"{result_file}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+def test_ema_and_reset_keep_data_parallel_replicas_identical(tmp_path):
+    import torch.multiprocessing as mp
+
+    world = 2
+    result = str(tmp_path / "state")
+    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), result), nprocs=world, join=True)
+    s0, s1 = torch.load(f"{result}.0"), torch.load(f"{result}.1")
+    for key in s0:
+        assert torch.equal(s0[key], s1[key]), f"replicas differ in {key!r}"
+    assert int(s0["resets_done"]) == 1
+    # counts are those of ONE process seeing both ranks' 2 x 8 rows per step (all near code 2)
+    per_step = 8.0 * world
+    assert s0["ema_count"][2].item() == pytest.approx(0.99 * 0.01 * per_step + 0.01 * per_step, rel=1e-6)
