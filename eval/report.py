@@ -59,6 +59,8 @@ SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
 def summarize(values: list[float]) -> dict:
+    if not values:  # e.g. ABX within-speaker on a corpus too small to form a cell
+        return {"values": [], "mean": None, "std": None, "n": 0}
     arr = np.asarray(values, dtype=np.float64)
     return {
         "values": arr.tolist(),
@@ -87,9 +89,10 @@ def collect(exp_dir: str | Path) -> dict:
     for quantizer, row in sorted(rows.items()):
         entry = {"display_name": display_name(quantizer), "seeds": sorted(row["seeds"]), "metrics": {}}
         for key in METRICS:
+            # every key is present (mean None when no run could score it), so tables and
+            # scripts reading results.json see the same schema whatever the corpus size
             values = [run[key] for run in row["runs"].values() if run.get(key) is not None]
-            if values:
-                entry["metrics"][key] = summarize(values)
+            entry["metrics"][key] = summarize(values)
         results["quantizers"][quantizer] = entry
     baseline = exp_dir / "baseline" / "eval" / "metrics.json"
     if baseline.is_file():
@@ -110,7 +113,7 @@ def display_name(quantizer: str) -> str:
 
 
 def _cell(stat: dict | None, digits: int) -> str:
-    if not stat:
+    if not stat or not stat["n"]:
         return "–"
     if stat["n"] > 1:
         return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"

@@ -62,7 +62,13 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$python" -c 'import sp
   exit 0
 fi
 log "installing speechsq[$extras] into $venv (first time: a few minutes, torch is large)"
-"$python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-"$python" -m pip install -q -c "$root/requirements/constraints.txt" -e "$root[$extras]"
+pip_log="$venv/speechsq-setup.log"
+"$python" -m pip install -q --upgrade pip >"$pip_log" 2>&1 || true
+# pip's build chatter goes to a log; it is shown only if the install fails.
+if ! "$python" -m pip install -q -c "$root/requirements/constraints.txt" -e "$root[$extras]" >>"$pip_log" 2>&1; then
+  tail -n 40 "$pip_log" >&2
+  echo "setup.sh: pip install failed (full log: $pip_log)" >&2
+  exit 1
+fi
 echo "$want" > "$stamp"
 log "done: activate with 'source $venv/bin/activate'"
