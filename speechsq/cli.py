@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("speechsq.data_prep.prepare", "make Kaldi data dirs for a corpus (zerospeech19, vctk)"),
     "validate-data-dir": ("speechsq.data_prep.kaldi_dir", "check a Kaldi data dir for inconsistencies"),
     "compute-feats": ("speechsq.features.compute", "compute log-Mel features for a data dir (feats.scp + ark)"),
-    "train": ("speechsq.training.cli", "train a model (hydra overrides: quantizer=sq_gauss1 training=mini ...)"),
+    "train": ("speechsq.training.cli", "train a model (hydra overrides: experiment=mini quantizer=sq_gauss1 ...)"),
     "extract": ("speechsq.eval.extract", "extract units / ZeroSpeech submission from a checkpoint"),
     "abx": ("speechsq.eval.abx", "ABX discriminability of features or units on an item file"),
     "evaluate": ("speechsq.eval.evaluate", "MSE (dB^2), bitrate, codebook statistics of a checkpoint"),
