@@ -6,11 +6,11 @@
 #   * installs Debian's espeak-ng (the embedded corpus synthesiser) when it is missing.
 #
 # A stamp file records what was installed, so a second run only checks and returns.
-# Usage: bash scripts/setup.sh [--extras test,bench]
+# Usage: bash scripts/setup.sh [--extras test,bench]   (default: test,bench)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-extras="test"
+extras="test,bench"   # bench: the named peers (vector-quantize-pytorch, zerospeech-libriabx2) that benchmarks and agreement tests compare against
 while [ $# -gt 0 ]; do
   case "$1" in
     --extras) extras="$2"; shift 2 ;;
