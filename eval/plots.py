@@ -1,6 +1,6 @@
 """Pictures for an experiment directory (PNG, matplotlib Agg backend).
 
-    python -m speechsq.eval.plots --exp-dir exp/<tag> [--feats feats/parallel --utts U1 U2]
+    speechsq plots --exp-dir exp/<tag> [--feats feats/parallel --utts U1 U2]
 
 * ``reconstructions.png``: input log-Mel vs the reconstruction of every quantizer
   (SQ-VAE Figures 8-9), one row per utterance; uses the first seed's
@@ -157,7 +157,7 @@ def reconstruct_with_checkpoints(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m speechsq.eval.plots", description="Reconstruction figure and training curves of an experiment.")
+    p = argparse.ArgumentParser(prog="speechsq plots", description="Reconstruction figure and training curves of an experiment.")
     p.add_argument("--exp-dir", required=True)
     p.add_argument("--feats", help="feature dir of the utterances to reconstruct")
     p.add_argument("--data-dir", help="data dir with utt2spk of those utterances (default: --feats)")

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "abx": ("speechsq.eval.abx", "ABX discriminability of features or units on an item file"),
     "evaluate": ("speechsq.eval.evaluate", "MSE (dB^2), bitrate, codebook statistics of a checkpoint"),
     "report": ("speechsq.eval.report", "collect results.json / results.md tables over runs"),
+    "plots": ("speechsq.eval.plots", "reconstruction figure and training curves (PNG) of an experiment"),
 }
 
 

@@ -172,6 +172,7 @@ fi
 if stage_on 6; then
   log "stage 6: report"
   speechsq report --exp-dir $exp
+  speechsq plots --exp-dir $exp --feats feats/parallel --data-dir data/parallel   # reconstructions.png, training_curves.png
   log "results: $recipe_dir/$exp/results.md"
 fi
 log "done"
