@@ -109,3 +109,24 @@ def test_kl_stays_finite_in_float32_inputs_at_the_clamp():
     alpha = reference_alpha(logits)
     expected = kl_divergence(Dirichlet(alpha), Dirichlet(torch.ones(K, dtype=torch.float64)))
     assert torch.allclose(ours.double(), expected, rtol=1e-5)  # (float32 lgamma gives about -1 here, not 124)
+
+
+def test_mixed_precision_kl_matches_float64_on_both_sides_of_the_switch():
+    # K = 512 as in the speech model: moderate rows take the float32 path, rows with a
+    # logit at the clamp the float64 one; both must agree with the float64 closed form,
+    # and gradients must reach every row.
+    from speechsq.quantizers.edvae import FLOAT64_ABOVE_EVIDENCE
+
+    k = 512
+    logits = torch.randn(8, k)
+    logits[4:, 7] = 25.0  # clamped: S ~ e^20 > threshold
+    logits[2, :3] = 8.5   # just below/around the switch: S ~ 3 e^8.5 + 509
+    log_alpha = torch.nn.functional.softplus(logits.clamp(max=20.0)).requires_grad_(True)
+    total = log_alpha.detach().double().exp().sum(-1)
+    assert (total <= FLOAT64_ABOVE_EVIDENCE).any() and (total > FLOAT64_ABOVE_EVIDENCE).any()
+    ours = dirichlet_kl_to_uniform(log_alpha)
+    alpha = log_alpha.detach().double().exp()
+    expected = kl_divergence(Dirichlet(alpha), Dirichlet(torch.ones(k, dtype=torch.float64)))
+    assert torch.allclose(ours.double(), expected, rtol=1e-5, atol=2e-2)
+    ours.sum().backward()
+    assert torch.isfinite(log_alpha.grad).all() and (log_alpha.grad.abs().sum(-1) > 0).all()

