@@ -6,17 +6,19 @@
 #
 # Every `--foo-bar value` (or `--foo-bar=value`) sets the already-declared variable
 # `foo_bar`; an option whose variable was never declared is an error, so typos fail
-# loudly. `--help` prints `$help_message` (if set) and the declared options with their
-# current values, read from the comments next to the defaults in the calling script.
+# loudly. `--help` prints `$help_message` (if set) and the options with their current
+# values: every `name=value  # comment` line of the calling script above the line that
+# sources this file (a default without a comment is settable but not listed).
 # Positional arguments are left in "$@".
 
 _po_script=${0}
+[ -r "$_po_script" ] || _po_script=${OLDPWD:-.}/$0   # the caller cd-ed after starting
 _po_print_help() {
   [ -n "${help_message:-}" ] && echo -e "$help_message" && echo
   echo "Options (--name value; defaults shown):"
   # Defaults are the `name=value  # comment` lines before this file is sourced.
   sed -n '1,/parse_options.sh/p' "$_po_script" \
-    | grep -E '^[a-z_][a-z0-9_]*=' \
+    | grep -E '^[a-z_][a-z0-9_]*=.*#' \
     | while IFS= read -r line; do
         name=${line%%=*}
         comment=""

@@ -39,8 +39,8 @@ help_message="Usage: $0 [options]
 ZeroSpeech 2019 English recipe: corpus -> data dirs -> features -> train -> units -> evaluation -> report."
 
 recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$recipe_dir/../utils/parse_options.sh"
 cd "$recipe_dir"
-. ../utils/parse_options.sh
 [ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; exit 2; }
 . ./cmd.sh
 
@@ -104,44 +104,18 @@ if stage_on 2; then
 fi
 
 # ---- stage 3: training -------------------------------------------------------------------
-train_launcher=(speechsq train)
-if [ "$ngpu" -gt 1 ]; then
-  train_launcher=(torchrun --standalone --nproc_per_node "$ngpu" -m speechsq.cli train)
-fi
-device=cpu; [ "$ngpu" -gt 0 ] && device=cuda
 if stage_on 3; then
-  for q in $quantizers; do
-    for seed in $seeds; do
-      dir=$exp/$q/seed$seed
-      if need $dir/.train.done; then
-        log "stage 3: train $q seed $seed -> $dir"
-        extra=()
-        [ -n "$train_steps" ] && extra+=(training.steps=$train_steps)
-        # shellcheck disable=SC2206
-        extra+=($overrides)
-        $train_cmd $dir/log/train.log "${train_launcher[@]}" experiment=$config quantizer=$q seed=$seed \
-          training.device=$device data.feats_dir=feats/train data.data_dir=data/train \
-          exp_dir=$dir resume=auto "${extra[@]}"
-        touch $dir/.train.done
-      fi
-    done
-  done
+  log "stage 3: training ($quantizers; seeds $seeds)"
+  ../steps/train.sh --quantizers "$quantizers" --seeds "$seeds" --config "$config" --ngpu "$ngpu" \
+    --train-steps "$train_steps" --overrides "$overrides" --redo "$redo" --cmd "$train_cmd" \
+    $exp data.feats_dir=feats/train data.data_dir=data/train
 fi
 
 # ---- stage 4: unit extraction ------------------------------------------------------------
 if stage_on 4; then
-  for q in $quantizers; do
-    for seed in $seeds; do
-      dir=$exp/$q/seed$seed
-      if need $dir/.units.done; then
-        log "stage 4: extract units $q seed $seed"
-        rm -rf $dir/units
-        $decode_cmd $dir/log/extract.log speechsq extract --checkpoint $dir/checkpoints/last.pt \
-          --data-dir data/test --feats feats/test --out $dir/units --zerospeech
-        touch $dir/.units.done
-      fi
-    done
-  done
+  log "stage 4: unit extraction on the test set (ZeroSpeech 2019 submission tree)"
+  ../steps/extract.sh --quantizers "$quantizers" --seeds "$seeds" --redo "$redo" --cmd "$decode_cmd" \
+    $exp data/test feats/test --zerospeech
 fi
 
 # ---- stage 5: evaluation -----------------------------------------------------------------
