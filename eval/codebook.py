@@ -72,9 +72,6 @@ def plot_code_usage(counts: np.ndarray, path: str | Path, title: str = "code usa
     active = int((counts > 0).sum())
     h = entropy_bits(counts)
     axes[1].set_title(f"active {active}/{len(counts)}, perplexity {2 ** h:.1f}")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from speechsq.eval.plots import save_figure
+
+    return save_figure(fig, path, dpi=110)

@@ -37,6 +37,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def reconstruction_figure(
     inputs: Mapping[str, np.ndarray],
     reconstructions: Mapping[str, Mapping[str, np.ndarray]],
@@ -64,12 +74,7 @@ def reconstruction_figure(
             ax.set_xlabel("time (s)", fontsize=8)
             if c == 0:
                 ax.set_ylabel("mel channel", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -120,12 +125,7 @@ def training_curves(runs: Mapping[str, str | Path], path: str | Path) -> Path | 
         ax.set_title(title)
         ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def find_runs(exp_dir: str | Path) -> dict[str, Path]:
