@@ -19,7 +19,7 @@ def run_twice(q, z, mask=None):
     return outs
 
 
-@pytest.mark.parametrize("inner", ["vq", "vq_ema", "sq_gauss1", "gumbel_vq", "dvae", "gmvq", "soft_vq"])
+@pytest.mark.parametrize("inner", ["vq", "vq_ema", "sq_gauss1", "sq_gauss2", "gumbel_vq", "dvae", "gmvq", "soft_vq"])
 def test_one_group_is_exactly_the_inner_quantizer(inner):
     torch.manual_seed(7)
     plain = build_quantizer(inner, num_codes=K, code_dim=D)
@@ -198,3 +198,23 @@ def test_spatial_gradients_reach_every_segment_codebook():
     assert all(inner.codebook.grad.abs().sum() > 0 for inner in q.quantizers)
     assert z.grad.abs().sum() > 0
     assert set(out.metrics) >= {"perplexity", "perplexity/s0", "perplexity/s1"}
+
+
+def test_each_group_keeps_the_inner_per_example_structure():
+    # sq_gauss2 pools its variance channel over an example's valid positions; wrapped in
+    # depthwise, each group must do the same on its own slice (not fall back to one
+    # variance per position), so each group equals the inner quantizer run on its slice.
+    torch.manual_seed(1)
+    q = build_quantizer("depthwise", num_codes=K, code_dim=D, inner="sq_gauss2", groups=2).eval()
+    width = q.quantizers[0].input_dim
+    z = torch.randn(3, 7, q.input_dim)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[2, 4:] = False
+    out = q(z, mask)
+    alone = [inner(z[..., g * width : (g + 1) * width], mask) for g, inner in enumerate(q.quantizers)]
+    for g, a in enumerate(alone):
+        assert torch.equal(out.indices[..., g], a.indices)
+        assert torch.equal(out.z_q[..., g * (D // 2) : (g + 1) * (D // 2)], a.z_q)
+    # the variance (and so the regulariser) is the pooled one, not one per position
+    assert torch.allclose(out.metrics["sigma2_phi"], torch.stack([a.metrics["sigma2_phi"] for a in alone]).mean())
+    assert torch.allclose(out.loss, sum(a.loss for a in alone))

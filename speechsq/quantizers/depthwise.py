@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from speechsq.quantizers.base import (
+    QuantizerOutput,
     PAD_INDEX,
     FlatQuantized,
     Quantizer,
@@ -115,19 +116,25 @@ class DepthwiseQuantizer(Quantizer):
     def input_dim(self) -> int:
         return self.num_groups * self.quantizers[0].input_dim
 
-    def quantize_flat(self, rows: Tensor, ctx: StepContext) -> FlatQuantized:
-        slices = rows.split(self.quantizers[0].input_dim, dim=-1)
-        flats = [q.quantize_flat(s, ctx) for q, s in zip(self.quantizers, slices)]
-        metrics = _mean_metrics([(g, q._metrics(f)) for g, (q, f) in enumerate(zip(self.quantizers, flats))], "g")
-        return FlatQuantized(
-            z_q=torch.cat([f.z_q for f in flats], dim=-1),
-            indices=torch.stack([f.indices for f in flats], dim=-1),
-            loss_terms=_sum_terms([f.loss_terms for f in flats]),
-            metrics=metrics,
+    def forward(self, z: Tensor, mask: Tensor | None = None, ctx: StepContext | None = None) -> QuantizerOutput:
+        # Each group runs the inner quantizer's own forward on its channel slice, so inner
+        # quantizers that need the example structure (sq_gauss2 pools its variance over an
+        # example's positions) behave exactly as they do alone.
+        self._check_latent(z)
+        channel_axis = -1 if z.ndim == 3 else 1
+        slices = z.split(self.quantizers[0].input_dim, dim=channel_axis)
+        outs = [q(s, mask, ctx) for q, s in zip(self.quantizers, slices)]
+        terms = _sum_terms([o.terms for o in outs])
+        return QuantizerOutput(
+            z_q=torch.cat([o.z_q for o in outs], dim=channel_axis),
+            indices=torch.stack([o.indices for o in outs], dim=-1),
+            loss=sum(o.loss for o in outs),
+            terms=terms,
+            metrics=_mean_metrics([(g, o.metrics) for g, o in enumerate(outs)], "g"),
         )
 
-    def _metrics(self, flat: FlatQuantized) -> dict[str, Tensor]:
-        return {k: v.detach().float() for k, v in flat.metrics.items()}
+    def quantize_flat(self, rows: Tensor, ctx: StepContext) -> FlatQuantized:
+        raise RuntimeError("depthwise quantizes channel slices through each inner forward(); call forward()")
 
     def lookup(self, indices: Tensor) -> Tensor:
         """(N, G) indices -> (N, code_dim): the concatenated codes of the G groups."""
