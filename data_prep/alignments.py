@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speechsq.data_prep.kaldi_dir import c_sorted
+from speechsq.errors import SpeechsqError
 
 ITEM_HEADER = "#file onset offset #phone prev-phone next-phone speaker"
 SILENCE = "SIL"
 
 
-class AlignmentError(ValueError):
+class AlignmentError(SpeechsqError, ValueError):
     """Malformed alignment or item file."""
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speechsq.errors import SpeechsqError
+
 log = logging.getLogger(__name__)
 
 # Peak below which a float signal in [-1, 1] counts as silent. One LSB of 16-bit audio is
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 SILENCE_PEAK = 1e-6
 
 
-class AudioProblem(ValueError):
+class AudioProblem(SpeechsqError, ValueError):
     """A wav file cannot be used; ``reason`` is a short tag for reports (e.g. ``silent``)."""
 
     def __init__(self, path: str | Path, reason: str, detail: str):

@@ -11,10 +11,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechsq.errors import SpeechsqError
 from speechsq.registry import Registry
 
 
-class CorpusLayoutError(FileNotFoundError):
+class CorpusLayoutError(SpeechsqError, FileNotFoundError):
     """The corpus root does not have the expected layout (e.g. a missing directory)."""
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from speechsq.errors import SpeechsqError
+
 # speak_lib.h constants
 AUDIO_OUTPUT_SYNCHRONOUS = 2
 INITIALIZE_PHONEME_EVENTS = 0x0001
@@ -29,7 +31,7 @@ PARAM_RATE, PARAM_VOLUME, PARAM_PITCH, PARAM_RANGE, PARAM_WORDGAP = 1, 2, 3, 4, 
 EE_OK = 0
 
 
-class EspeakError(RuntimeError):
+class EspeakError(SpeechsqError, RuntimeError):
     """libespeak-ng is missing or refused a request."""
 
 

@@ -24,10 +24,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechsq.errors import SpeechsqError
+
 log = logging.getLogger(__name__)
 
 
-class DataDirError(ValueError):
+class DataDirError(SpeechsqError, ValueError):
     """A data dir cannot be read (missing file, malformed line)."""
 
 

@@ -36,12 +36,14 @@ from typing import Mapping
 
 import numpy as np
 
+from speechsq.errors import SpeechsqError
+
 log = logging.getLogger(__name__)
 
 FEATURE_EXTENSIONS = (".npy", ".txt")
 
 
-class ItemFileError(ValueError):
+class ItemFileError(SpeechsqError, ValueError):
     """The item file cannot be parsed."""
 
 

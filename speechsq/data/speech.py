@@ -33,11 +33,12 @@ import torch
 from torch import Tensor
 
 from speechsq.data import BATCH_SOURCES, per_process_batch_size
+from speechsq.errors import SpeechsqError
 
 log = logging.getLogger(__name__)
 
 
-class SpeechDataError(ValueError):
+class SpeechDataError(SpeechsqError, ValueError):
     """A feature directory or data dir that cannot feed training."""
 
 

@@ -28,12 +28,13 @@ import scipy.signal
 from omegaconf import DictConfig, OmegaConf
 
 from speechsq.data_prep.audio import AudioProblem, check_signal, load_wav
+from speechsq.errors import SpeechsqError
 from speechsq.registry import Registry
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "preprocessing"
 
 
-class FeatureError(ValueError):
+class FeatureError(SpeechsqError, ValueError):
     """The waveform cannot give valid features (too short for one window, ...)."""
 
 

@@ -19,11 +19,12 @@ import kaldiio
 import numpy as np
 
 from speechsq.data_prep.kaldi_dir import c_sorted, read_table
+from speechsq.errors import SpeechsqError
 
 SCP, ARK, NUM_FRAMES, CMVN, SKIPPED = "feats.scp", "feats.ark", "utt2num_frames", "cmvn.npz", "skipped"
 
 
-class FeatureStoreError(FileNotFoundError):
+class FeatureStoreError(SpeechsqError, FileNotFoundError):
     """A feature directory is missing or incomplete."""
 
 

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speechsq.errors import SpeechsqError
 from speechsq.likelihoods import Likelihood
 from speechsq.models.base import ModelOutput
 from speechsq.models.registry import MODELS
@@ -59,7 +60,7 @@ from speechsq.registry import Registry
 OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "none")
 
 
-class ImageInputError(ValueError):
+class ImageInputError(SpeechsqError, ValueError):
     """Images that the image model cannot work with (shape, channels, dtype, size)."""
 
 

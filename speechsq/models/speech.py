@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from speechsq.errors import SpeechsqError
 from speechsq.likelihoods import LIKELIHOODS, Likelihood
 from speechsq.models.base import ModelOutput
 from speechsq.models.jitter import Jitter
@@ -62,7 +63,7 @@ CONTEXT_FRAMES = 1  # what the unpadded first convolution (kernel 3) consumes on
 ENCODER_LAYERS = ((3, 1, 0), (3, 1, 1), (4, 2, 1), (3, 1, 1), (3, 1, 1))
 
 
-class SpeechInputError(ValueError):
+class SpeechInputError(SpeechsqError, ValueError):
     """Features, lengths or speaker ids that the speech model cannot work with."""
 
 

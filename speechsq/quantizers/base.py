@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from speechsq.errors import SpeechsqError
 from speechsq.quantizers import functional as QF
 
 PAD_INDEX = -1
@@ -85,7 +86,7 @@ class QuantizerOutput:
     metrics: dict[str, Tensor]
 
 
-class QuantizerInputError(ValueError):
+class QuantizerInputError(SpeechsqError, ValueError):
     """A latent, mask or option that a quantizer cannot work with."""
 
 

@@ -12,12 +12,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from speechsq.errors import SpeechsqError
+
 CONFIG_MODULE = "speechsq.conf"
 CONFIG_NAME = "train"
 GROUPS = ("experiment", "data", "preprocessing", "model", "quantizer", "training")
 
 
-class ConfigError(ValueError):
+class ConfigError(SpeechsqError, ValueError):
     """A config that cannot be trained: unknown names, missing required keys, incompatible options."""
 
 
