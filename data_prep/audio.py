@@ -151,3 +151,52 @@ def load_wav(
         raise AudioProblem(path, "truncated", f"read {len(wav)} of {info.frames} samples")
     check_signal(path, wav)
     return wav, info.sample_rate
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """What :func:`to_mono_at_rate` did to a signal (for the per-file notes and summaries)."""
+
+    channels: int
+    sample_rate: int
+    target_rate: int
+
+    @property
+    def mixed_down(self) -> bool:
+        return self.channels > 1
+
+    @property
+    def resampled(self) -> bool:
+        return self.sample_rate != self.target_rate
+
+    def describe(self) -> str:
+        parts = []
+        if self.mixed_down:
+            parts.append(f"mixed {self.channels} channels down to mono")
+        if self.resampled:
+            parts.append(f"resampled {self.sample_rate} Hz -> {self.target_rate} Hz")
+        return ", ".join(parts) or "unchanged"
+
+
+def to_mono_at_rate(wav: np.ndarray, sample_rate: int, target_rate: int,
+                    resample_type: str = "soxr_hq") -> tuple[np.ndarray, Conversion]:
+    """A (samples,) or (samples, channels) float signal -> mono at ``target_rate``.
+
+    Channels are averaged; resampling uses librosa (``soxr_hq`` by default, what the
+    feature pipelines use). Returns the signal and what was done, so callers can log it.
+    """
+    wav = np.asarray(wav)
+    if wav.ndim == 2:
+        channels = wav.shape[1]
+        wav = wav.mean(axis=1) if channels > 1 else wav[:, 0]
+    elif wav.ndim == 1:
+        channels = 1
+    else:
+        raise AudioProblem("<waveform>", "bad-shape", f"expected (samples,) or (samples, channels), got {wav.shape}")
+    conversion = Conversion(channels, int(sample_rate), int(target_rate))
+    if conversion.resampled:
+        import librosa
+
+        wav = librosa.resample(wav.astype(np.float32, copy=False), orig_sr=int(sample_rate),
+                               target_sr=int(target_rate), res_type=resample_type)
+    return wav, conversion
