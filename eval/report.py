@@ -104,6 +104,10 @@ def collect(exp_dir: str | Path) -> dict:
 
 
 def display_name(quantizer: str) -> str:
+    """Paper name of a row: ``vq_ema_sigma2_0.1`` -> ``VQ-VAE w/ EMA (σ² = 0.1)``."""
+    base, sep, sigma2 = quantizer.rpartition("_sigma2_")
+    if sep and base:
+        return f"{display_name(base)} (σ² = {sigma2})"
     for name in sorted(DISPLAY_NAMES, key=len, reverse=True):
         if quantizer == name:
             return DISPLAY_NAMES[name]
@@ -146,6 +150,9 @@ def markdown_table(results: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speechsq report", description="Collect <quantizer>/seed<N>/eval/metrics.json into results.json / results.md.")
     p.add_argument("--exp-dir", required=True, help="experiment directory exp/<tag>")
+    p.add_argument("--claims", default=None,
+                   help="also check a paper's claims on these numbers and add the verdicts to results.{md,json} "
+                        "(sqvae_zerospeech19, sqvae_vctk)")
     return p
 
 
@@ -154,8 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     results = collect(args.exp_dir)
     exp_dir = Path(args.exp_dir)
-    (exp_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown_table(results)
+    if args.claims:
+        from speechsq.eval.claims import check_claims, claims_markdown
+
+        verdicts = check_claims(args.claims, exp_dir, results)
+        results["claims"] = {"set": args.claims, "results": [v.to_dict() for v in verdicts]}
+        table += "\n" + claims_markdown(args.claims, verdicts)
+    (exp_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (exp_dir / "results.md").write_text(table)
     print(table)
     return 0
