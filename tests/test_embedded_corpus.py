@@ -127,7 +127,8 @@ def test_prepare_data_exposes_items_and_alignments(tmp_path, corpus):
     for name in ("train", "parallel", "parallel_source", "test"):
         assert validate_data_dir(tmp_path / "data" / name).ok
     test = KaldiDataDir.read(tmp_path / "data/test")
-    assert {i.file for i in read_items(tmp_path / "data/test/items")} <= set(test.utterances)
+    assert read_items(tmp_path / "data/test/items") == read_items(corpus / "alignments/test.item")  # nothing dropped
+    assert {i.file for i in read_items(tmp_path / "data/test/items")} == set(test.utterances)
     assert set(read_alignments(tmp_path / "data/test/ali")) == set(test.utterances)
     assert KaldiDataDir.read(tmp_path / "data/train").speakers == ["S001", "S002", "S003", "S004", "S005", "S006",
                                                                    "S007", "S008", "S009", "S010", "V001", "V002"]
