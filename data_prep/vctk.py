@@ -19,7 +19,7 @@ import numpy as np
 
 from speechsq.data_prep.corpus import CORPORA, CorpusFile, CorpusLayout, SkippedFile, SubsetListing, require_dir
 
-FILE_NAME = re.compile(r"^(?P<spk>[A-Za-z0-9]+)_(?P<num>[0-9]+)\.wav$", re.ASCII)  # ASCII digits only
+FILE_NAME = re.compile(r"(?P<spk>[A-Za-z0-9]+)_(?P<num>[0-9]+)\.wav")  # fullmatch; ASCII classes, not \d
 TEST_FRACTION = 0.1
 
 

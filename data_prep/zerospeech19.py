@@ -23,8 +23,8 @@ from pathlib import Path
 
 from speechsq.data_prep.corpus import CORPORA, CorpusFile, CorpusLayout, SkippedFile, SubsetListing, require_dir
 
-# ASCII only: ``\d`` (and str.isdigit) also accept Arabic-Indic and other Unicode digits.
-FILE_NAME = re.compile(r"^(?P<spk>[A-Za-z0-9]{4})_(?P<num>[0-9]{10})\.wav$", re.ASCII)
+# Explicit ASCII classes: ``\d`` (and str.isdigit) also accept Arabic-Indic and other Unicode digits.
+FILE_NAME = re.compile(r"(?P<spk>[A-Za-z0-9]{4})_(?P<num>[0-9]{10})\.wav")  # used with fullmatch
 
 # set name -> folders (relative to the english/ root) that make it up
 SUBSETS: dict[str, tuple[str, ...]] = {

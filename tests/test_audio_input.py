@@ -174,3 +174,14 @@ def test_featurize_audio_with_nothing_usable_is_an_error(tmp_path):
     (tmp_path / "b.wav").write_text("text")
     with pytest.raises(AudioInputError, match=r"none of the 2 audio files of .* is usable \(not-audio=1, silent=1"):
         featurize_audio(discover_audio(tmp_path), build_pipeline("zerospeech19"), progress=False, source=str(tmp_path))
+
+
+def test_featurize_audio_applies_the_standardisation(tmp_path):
+    from speechsq.features import Cmvn
+
+    pipeline = build_pipeline("vctk")
+    put(tmp_path / "a.wav", voiced(0.5, 48000), 48000)
+    cmvn = Cmvn(np.full(80, -40.0, np.float32), np.full(80, 10.0, np.float32), 100)
+    audio = featurize_audio(discover_audio(tmp_path), pipeline, cmvn=cmvn, progress=False)
+    np.testing.assert_array_equal(audio.feats["a"], (pipeline(tmp_path / "a.wav") + np.float32(40.0)) / np.float32(10.0))
+    assert audio.summary.notes == {}  # 48 kHz is the VCTK corpus rate: resampled by design, no note

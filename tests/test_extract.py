@@ -540,3 +540,27 @@ def test_disk_full_during_extraction_keeps_the_old_units(tmp_path, monkeypatch):
     monkeypatch.undo()
     after = {p.relative_to(tmp_path): p.read_bytes() for p in sorted((tmp_path / "u").rglob("*")) if p.is_file()}
     assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["u"]
+
+
+def test_evaluate_leaves_out_what_compute_feats_skipped_and_checks_the_baseline(tmp_path, tiny_checkpoint):
+    from speechsq.eval import evaluate
+    from speechsq.errors import MismatchError
+
+    data_dir, feat_dir, _ = make_set(tmp_path / "test", {"s1_a": 12, "s2_a": 12}, skipped={"s2_b": "silent"})
+    assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--exp-dir", str(tmp_path / "run"), "--mse-data",
+                          str(data_dir), "--mse-feats", str(feat_dir), "--no-progress", "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "run/eval/metrics.json").read_text())
+    assert (metrics["mse"]["n_utterances"], metrics["mse"]["n_frames"], metrics["mse"]["no_features"]) == (2, 20, 1)
+    assert metrics["bitrate_detail"]["n_symbols"] == 12  # units of the two scored utterances, 6 each
+
+    items = tmp_path / "items"
+    items.write_text("#file onset offset #phone prev-phone next-phone speaker\n"
+                     "s1_a 0.02 0.08 a x y s1\ns2_a 0.02 0.08 a x y s2\ns2_b 0.02 0.08 a x y s2\n")
+    base = tmp_path / "baseline"
+    assert evaluate.main(["--exp-dir", str(base), "--baseline-feats", str(feat_dir), "--items", str(items)]) == 0
+    assert json.loads((base / "eval/metrics.json").read_text())["abx_items_dropped"] == 1
+    assert json.loads((base / "eval/complete.json").read_text())["baseline_feats"] == str(feat_dir.resolve())
+    items.write_text(items.read_text() + "s9_z 0.02 0.08 a x y s9\n")
+    with pytest.raises(MismatchError, match=rf"1 of the 4 utterances of the item file {items} are not in the features {feat_dir}"):
+        evaluate.main(["--exp-dir", str(base), "--baseline-feats", str(feat_dir), "--items", str(items)])
+    assert not (base / "eval/complete.json").exists()
