@@ -72,29 +72,9 @@ from torch import Tensor
 from speechsq.quantizers import functional as QF
 from speechsq.quantizers.base import FlatQuantized, Quantizer, QuantizerInputError, StepContext
 from speechsq.quantizers.init import check_init_scheme, init_codebook_, kmeans_on_first_batch_
+from speechsq.quantizers.loss_scale import commitment_weight
 from speechsq.quantizers.registry import register_quantizer
 from speechsq.registry import Registry
-
-COMMITMENT_REDUCTIONS = ("sum", "mean")
-
-
-def commitment_weight(beta: float, reduction: str, code_dim: int, data_dims_per_position: int | None = None) -> float:
-    """The weight of ``sum_i ||z_i - sg[z_q,i]||^2`` per example that reproduces ``beta`` under
-    ``reduction`` (see the module docstring): ``beta`` for ``sum``; ``beta * P / D`` for
-    ``mean`` (P data dimensions per latent position, D = code_dim)."""
-    if reduction not in COMMITMENT_REDUCTIONS:
-        raise QuantizerInputError(f"commitment_reduction must be one of {COMMITMENT_REDUCTIONS}, got {reduction!r}")
-    if reduction == "sum":
-        if data_dims_per_position is not None:
-            raise QuantizerInputError("data_dims_per_position only applies to commitment_reduction=mean")
-        return float(beta)
-    if data_dims_per_position is None or int(data_dims_per_position) < 1:
-        raise QuantizerInputError(
-            "commitment_reduction=mean needs data_dims_per_position >= 1: the data dimensions per latent "
-            f"position (speech: n_mels x 2 frames = 160; images: channels x downsampling^2), got {data_dims_per_position}"
-        )
-    return float(beta) * int(data_dims_per_position) / int(code_dim)
-
 
 # ----- EMA update rules ---------------------------------------------------------------------
 #: (quantizer, per-code counts n (K,), per-code row sums S (K, D)) -> None; updates in place.
