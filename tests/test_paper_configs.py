@@ -94,3 +94,46 @@ def test_edvae_paper_configs_carry_the_converted_kl_weights(dataset, model):
     assert cfg.quantizer.name == {"edvae": "edvae", "dvae": "dvae", "gsvq": "gumbel_vq"}[model]
     assert cfg.model.output_activation == "none"
     build_quantizer_from_config(cfg.quantizer)
+
+
+# sony/sqvae vision/configs/*.yaml: size_dict, log_param_q_init, and the network each names
+OFFICIAL = {
+    "mnist": (128, math.log(10.0), "sqvae_mnist"),  # mnist_gauss_1.yaml, num_rb 2
+    "fashion_mnist": (256, math.log(10.0), "sqvae_mnist"),  # fashion-mnist_gauss_1.yaml, num_rb 2
+    "cifar10": (512, math.log(20.0), "sqvae_cifar_official"),  # cifar10_gauss_1.yaml, net_32.py
+    "celeba": (512, math.log(20.0), "sqvae_celeba_official"),  # celeba_gauss_*.yaml, net_64.py
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(OFFICIAL))
+def test_official_image_configs_follow_the_released_code(dataset):
+    num_codes, log_s, network = OFFICIAL[dataset]
+    cfg = compose_config([f"experiment=images_{dataset}_official", "data.root=unused"])
+    q = build_quantizer_from_config(cfg.quantizer)
+    assert (q.registry_name, q.num_codes, q.code_dim, q.variance_form) == ("sq_gauss1", num_codes, 64, "additive")
+    assert q.log_sigma2.item() == pytest.approx(log_s, rel=1e-7)
+    assert (cfg.model.network, cfg.model.variance_head) == (network, "resblock")
+    # sigma_phi^2 = e^0 + e^s for (I): 11 (log 10) or 21 (log 20) at the start
+    out = q.eval()(torch.randn(1, 3, 64))
+    assert out.metrics["sigma2_phi"].item() == pytest.approx(1.0 + math.exp(log_s), rel=1e-6)
+
+
+def test_official_celeba_keeps_its_values_for_every_gaussian_sq_type():
+    cfg = compose_config(["experiment=images_celeba_official", "quantizer=sq_gauss3", "data.root=unused"])
+    q = build_quantizer_from_config(cfg.quantizer)
+    assert (q.registry_name, q.variance_form) == ("sq_gauss3", "additive")
+    assert q.log_sigma2.item() == pytest.approx(math.log(20.0), rel=1e-7)
+    from speechsq.models import build_model
+
+    cfg.model.channels = 3
+    model = build_model(cfg)
+    assert model.encoder(torch.rand(2, 3, 64, 64)).shape == (2, 65, 16, 16)  # mean + one log-variance channel
+
+
+def test_official_celebamask_config():
+    cfg = compose_config(["experiment=images_celebamask_official", "data.root=unused"])
+    q = build_quantizer_from_config(cfg.quantizer)
+    assert (q.registry_name, q.num_codes, q.code_dim) == ("sq_vmf", 64, 64)
+    assert q.kappa_phi.item() == pytest.approx(1.05)  # log_param_q_init = log 0.05
+    assert cfg.model.vmf_init_kappa == 100.0  # log_kappa_inv = log 0.01
+    assert cfg.data.options.partition == "folders"
