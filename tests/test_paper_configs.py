@@ -137,3 +137,30 @@ def test_official_celebamask_config():
     assert q.kappa_phi.item() == pytest.approx(1.05)  # log_param_q_init = log 0.05
     assert cfg.model.vmf_init_kappa == 100.0  # log_kappa_inv = log 0.01
     assert cfg.data.options.partition == "folders"
+
+
+def test_vq_ema_zerospeech_with_dimension_normalisation_is_the_reference_loss():
+    """bshall/ZeroSpeech + Eloff et al.: F.mse_loss(x_hat, x) / (2 s2) + 0.25 F.mse_loss(z, sg[z_q]);
+    speechsq's speech model with model.loss_normalization=dimension gives these values term by term."""
+    import torch.nn.functional as F
+
+    from speechsq.models import build_model
+
+    cfg = compose_config([
+        "quantizer=vq_ema_zerospeech", "quantizer.likelihood.sigma2=0.1", "model.loss_normalization=dimension",
+        "data.feats_dir=unused", "model.encoder_channels=16", "model.decoder_hidden=8", "model.decoder_layers=1",
+        "model.jitter=0", "quantizer.num_codes=8",
+    ])  # fmt: skip
+    cfg.model.n_speakers = 2
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    feats = torch.randn(3, 80, 34)  # 32 frames + one context frame each side
+    speaker = torch.tensor([0, 1, 0])
+    codebook = model.quantizer.codebook.clone()  # the EMA step of the forward moves it
+    out = model({"feats": feats, "speaker": speaker})
+    z_e = model.encoder(feats)[0].detach()  # BatchNorm in training mode: the same batch statistics
+    z_q = codebook[torch.cdist(z_e.reshape(-1, 64), codebook).argmin(-1)].reshape(z_e.shape)
+    target = feats[:, :, 1:-1]
+    torch.testing.assert_close(out.terms["latent/commitment"], 0.25 * F.mse_loss(z_e, z_q))
+    torch.testing.assert_close(out.terms["nll/recon"], F.mse_loss(out.outputs["reconstruction"], target) / (2 * 0.1))
+    torch.testing.assert_close(out.terms["nll/log_norm"], torch.tensor(0.5 * math.log(0.1)))
