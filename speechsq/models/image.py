@@ -52,6 +52,7 @@ through a sigmoid output (App. E.1.2); categorical images (B, H, W) of ids go to
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -217,20 +218,14 @@ def _sqvae_cifar(d: NetworkDims):
     return _three_conv(d, 6, 6, conv3_bn_relu=False)
 
 
-@_register_network(
-    "sqvae_cifar_official", 4, 64,
-    "sony/sqvae vision/networks/net_32.py with cifar10_gauss_1.yaml (num_rb 2): BN ReLU after Conv3, 2 + 2 ResBlocks",
-)  # fmt: skip
-def _sqvae_cifar_official(d: NetworkDims):
-    return _three_conv(d, 2, 2, conv3_bn_relu=True)
-
-
-@_register_network(
-    "sqvae_celeba_official", 4, 64,
-    "sony/sqvae vision/networks/net_64.py with celeba_gauss_*.yaml (num_rb 6): 6 encoder, 5 decoder ResBlocks",
-)  # fmt: skip
-def _sqvae_celeba_official(d: NetworkDims):
-    return _three_conv(d, 6, 5, conv3_bn_relu=False)
+#: the authors' released nets where they differ from the paper text: (encoder ResBlocks, decoder
+#: ResBlocks, BN ReLU after the Conv3) and their source
+OFFICIAL_THREE_CONV_NETS = {
+    "sqvae_cifar_official": (2, 2, True, "sony/sqvae vision/networks/net_32.py, cifar10_gauss_1.yaml num_rb 2: BN ReLU after Conv3"),
+    "sqvae_celeba_official": (6, 5, False, "sony/sqvae vision/networks/net_64.py, celeba_gauss_*.yaml num_rb 6: 5 decoder ResBlocks"),
+}
+for _name, (_enc, _dec, _bn, _source) in OFFICIAL_THREE_CONV_NETS.items():
+    _register_network(_name, 4, 64, _source)(partial(_three_conv, enc_res=_enc, dec_res=_dec, conv3_bn_relu=_bn))
 
 
 def _three_stride_64(d: NetworkDims, num_res: int) -> tuple[nn.Module, nn.Module]:
