@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate-data-dir": ("speechsq.data_prep.kaldi_dir", "check a Kaldi data dir for inconsistencies"),
     "compute-feats": ("speechsq.features.compute", "compute log-Mel features for a data dir (feats.scp + ark)"),
     "train": ("speechsq.training.cli", "train a model (hydra overrides: experiment=mini quantizer=sq_gauss1 ...)"),
+    "export-model": ("speechsq.training.export", "write a shareable model (safetensors + config) from a checkpoint"),
     "extract": ("speechsq.eval.extract", "extract units / ZeroSpeech submission from a checkpoint"),
     "abx": ("speechsq.eval.abx", "ABX discriminability of features or units on an item file"),
     "evaluate": ("speechsq.eval.evaluate", "MSE (dB^2), bitrate, codebook statistics of a checkpoint"),
