@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-items": ("speechsq.data_prep.make_items", "an ABX item file from phone alignments (when the corpus has none)"),
     "compute-feats": ("speechsq.features.compute", "compute log-Mel features for a data dir (feats.scp + ark)"),
     "train": ("speechsq.training.cli", "train a model (hydra overrides: experiment=mini quantizer=sq_gauss1 ...)"),
+    "export-model": ("speechsq.training.export", "write a shareable model (safetensors + config) from a checkpoint"),
     "extract": ("speechsq.eval.extract", "extract units / ZeroSpeech submission from a checkpoint"),
     "abx": ("speechsq.eval.abx", "ABX discriminability of features or units on an item file"),
     "evaluate": ("speechsq.eval.evaluate", "MSE (dB^2), bitrate, codebook statistics of a checkpoint"),
