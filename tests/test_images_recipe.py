@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _table2_module():
+    sys.path.insert(0, str(REPO / "recipes" / "images" / "local"))  # as when the script runs
     spec = importlib.util.spec_from_file_location("table2", REPO / "recipes" / "images" / "local" / "table2.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

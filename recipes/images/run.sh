@@ -50,6 +50,12 @@ export PYTHONUNBUFFERED=1 LC_ALL=C
 cd "$recipe_dir"
 
 log() { echo "$(date '+%F %T') [images] $*"; }
+# run_logged WHAT LOGFILE COMMAND...: the command's output goes to LOGFILE; a failure names it
+run_logged() {
+  local what=$1 logfile=$2
+  shift 2
+  "$@" > "$logfile" 2>&1 || { echo "$0: $what failed; see $logfile" >&2; tail -5 "$logfile" >&2; exit 1; }
+}
 
 [ -n "$experiment" ] || experiment=images_${dataset/celeba_mask/celebamask}
 [ -n "$tag" ] || tag=images_${dataset}
@@ -87,8 +93,7 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
     [ -n "$steps" ] && args+=("training.steps=$steps" "training.checkpoint_every=$steps")
     # shellcheck disable=SC2206
     [ -n "$overrides" ] && args+=($overrides)
-    speechsq train "${args[@]}" training.progress=false > "$exp/$q/train.out" 2>&1 \
-      || { echo "$0: training $q failed; see $exp/$q/train.out" >&2; tail -5 "$exp/$q/train.out" >&2; exit 1; }
+    run_logged "training $q" "$exp/$q/train.out" speechsq train "${args[@]}" training.progress=false
   done
 fi
 
@@ -110,9 +115,9 @@ fi
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   for q in $quantizers; do
     log "stage 4: code maps of the training split for $q -> $exp/$q/codes/train"
-    speechsq extract-codes --checkpoint "$exp/$q/checkpoints/last.pt" --split train --out "$exp/$q/codes/train" \
-      --device "$device" ${data_root:+--data-root "$data_root"} > "$exp/$q/extract_codes.out" 2>&1 \
-      || { echo "$0: extracting the codes of $q failed; see $exp/$q/extract_codes.out" >&2; tail -5 "$exp/$q/extract_codes.out" >&2; exit 1; }
+    run_logged "extracting the codes of $q" "$exp/$q/extract_codes.out" \
+      speechsq extract-codes --checkpoint "$exp/$q/checkpoints/last.pt" --split train --out "$exp/$q/codes/train" \
+      --device "$device" ${data_root:+--data-root "$data_root"}
   done
 fi
 
@@ -121,8 +126,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     log "stage 5: PixelCNN prior ($prior_experiment) on the codes of $q -> $exp/$q/prior"
     args=("experiment=$prior_experiment" "data.codes_dir=$exp/$q/codes/train" "exp_dir=$exp/$q/prior" "training.device=$device" "resume=auto")
     [ -n "$prior_steps" ] && args+=("training.steps=$prior_steps" "training.checkpoint_every=$prior_steps" "training.milestones=[]")
-    speechsq train "${args[@]}" training.progress=false > "$exp/$q/prior.out" 2>&1 \
-      || { echo "$0: training the prior of $q failed; see $exp/$q/prior.out" >&2; tail -5 "$exp/$q/prior.out" >&2; exit 1; }
+    run_logged "training the prior of $q" "$exp/$q/prior.out" speechsq train "${args[@]}" training.progress=false
   done
 fi
 
@@ -134,8 +138,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
               --out "$exp/$q/fid_$split.json")
     [ -n "$data_root" ] && fid_args+=(--data-root "$data_root")
     [ -n "$inception_weights" ] && fid_args+=(--inception-weights "$inception_weights")
-    speechsq image-fid "${fid_args[@]}" > "$exp/$q/fid_$split.out" 2>&1 \
-      || { echo "$0: the FIDs of $q failed; see $exp/$q/fid_$split.out" >&2; tail -5 "$exp/$q/fid_$split.out" >&2; exit 1; }
+    run_logged "the FIDs of $q" "$exp/$q/fid_$split.out" speechsq image-fid "${fid_args[@]}"
   done
 fi
 

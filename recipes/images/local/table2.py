@@ -9,10 +9,10 @@ published FID)"; rows measured in different spaces are refused.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
+
+from results_table import table_command  # local/ is the script's directory, first on sys.path
 
 # quantizer name -> the row name of SQ-VAE Table 2 (or of the paper's other tables)
 PAPER_NAMES = {
@@ -67,28 +67,12 @@ def caption(rows: dict[str, dict], split: str) -> str:
     return "\n".join(lines)
 
 
+def render(rows: dict[str, dict], split: str) -> str:
+    return f"{caption(rows, split)}\n\n{table(rows)}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", help="NAME=fid_<split>.json")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--out", default=None, help="also write the table (markdown) here")
-    args = parser.parse_args(argv)
-    rows = {}
-    for item in args.runs:
-        name, sep, path = item.partition("=")
-        if not sep or not Path(path).is_file():
-            print(f"table2.py: expected NAME=existing.json, got {item!r}", file=sys.stderr)
-            return 2
-        rows[name] = json.loads(Path(path).read_text())
-    try:
-        text = f"{caption(rows, args.split)}\n\n{table(rows)}"
-    except ValueError as err:
-        print(f"table2.py: {err}", file=sys.stderr)
-        return 2
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    return table_command(argv, __doc__.split("\n")[0], render, "table2.py", "NAME=fid_<split>.json")
 
 
 if __name__ == "__main__":
