@@ -183,3 +183,19 @@ def test_classifier_is_trained_once_cached_and_labelled(tmp_path):
         ClassifierFeatures.load_or_train(tmp_path / "other", unlabelled, steps=30)
     with pytest.raises(FidError, match="give the Inception weights file"):
         build_feature_space(None, None)
+
+
+def test_classifier_training_learns_the_digits_and_is_seeded():
+    from speechsq.data.images import load_image_dataset
+    from speechsq.eval.fd_classifier import FeatureNet, accuracy, train_classifier
+
+    train = load_image_dataset("digits", "train", limit=200)
+    net, info = train_classifier(train, steps=150)
+    batch = train.tensors(np.arange(200))
+    untrained = accuracy(FeatureNet(1, 10), batch["images"], batch["labels"])
+    # ten classes: chance is 10 %; the features an FD is measured in must tell digits apart
+    assert info["train_accuracy"] == accuracy(net, batch["images"], batch["labels"]) > untrained + 0.4
+    first, _ = train_classifier(train, steps=10)
+    again, _ = train_classifier(train, steps=10)
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key])

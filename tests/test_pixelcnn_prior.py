@@ -299,7 +299,8 @@ def test_prior_trains_on_extracted_codes_through_the_shared_trainer(tmp_path):
     assert (saved.model.num_codes, saved.model.height, saved.model.width) == (8, 4, 4)  # from the code maps
     written = json.loads((tmp_path / "prior" / "code_maps.json").read_text())
     assert (written["code_maps"], written["num_codes"], written["labels"]) == (64, 8, True)
-    after = float(-prior.log_prob(codes).mean())
+    with torch.no_grad():
+        after = float(-prior.log_prob(codes).mean())
     # the unigram entropy of the codes: what a prior ignoring every neighbour achieves at best
     counts = np.bincount(maps.codes.reshape(-1), minlength=8)
     p = counts[counts > 0] / counts.sum()
