@@ -71,11 +71,13 @@ class Evaluation:
     reconstructions' statistics and squared error; then the Fréchet distance of any stream
     of image batches to the reference. Images are never all held in memory at once."""
 
-    def __init__(self, model, split, space: FeatureSpace, batch_size: int = 256, device: str = "cpu"):
+    def __init__(self, model, split, space: FeatureSpace, batch_size: int = 256, device: str = "cpu", keep: int = 8):
         from speechsq.data.images import iterate_batches
 
         self.model = model.to(device).eval()
         self.split, self.space, self.batch_size, self.device = split, space, batch_size, device
+        self.keep = keep
+        self.examples: dict[str, Tensor] = {}  # the first images of every column, for the figure
         codes, reference, reconstructed = [], [], []
         sse, values = 0.0, 0
         for batch in iterate_batches(split, batch_size):
@@ -83,6 +85,8 @@ class Evaluation:
             idx = model.encode(images.to(device))["indices"]
             recon = model.decode_indices(idx).cpu()
             codes.append(idx.cpu())
+            self._remember("test images", images)
+            self._remember("reconstruction", recon)
             reference.append(self.features(images))
             reconstructed.append(self.features(recon))
             err = squared_error(recon, images, split)
@@ -96,9 +100,18 @@ class Evaluation:
     def features(self, images: Tensor) -> np.ndarray:
         return self.space.features(images_as_float(images, self.split.kind, self.split.num_values, self.split.label_map))
 
-    def fd(self, batches) -> float:
-        """Fréchet distance of a stream of image batches to the split's images."""
-        return frechet_distance(self.reference, feature_stats(np.concatenate([self.features(b) for b in batches])))
+    def _remember(self, name: str, images: Tensor) -> None:
+        if name not in self.examples:
+            self.examples[name] = images[: self.keep]
+
+    def fd(self, batches, name: str) -> float:
+        """Fréchet distance of a stream of image batches to the split's images; its first
+        images are kept under ``name``."""
+        feats = []
+        for batch in batches:
+            self._remember(name, batch)
+            feats.append(self.features(batch))
+        return frechet_distance(self.reference, feature_stats(np.concatenate(feats)))
 
     def decoded(self, codes: Tensor):
         for i in range(0, codes.shape[0], self.batch_size):
@@ -128,8 +141,10 @@ def evaluate_table2(
     seed: int = 0,
     batch_size: int = 256,
     device: str = "cpu",
+    figure: str | Path | None = None,
 ) -> Table2Row:
-    """Every column of Table 2 for ``model`` (and ``prior``, if given) on ``split``."""
+    """Every column of Table 2 for ``model`` (and ``prior``, if given) on ``split``;
+    ``figure``: also draw the first images of every column there (PNG)."""
     ev = Evaluation(model, split, space, batch_size, device)
     row = Table2Row(dataset=split.dataset, split=split.split, images=len(split), feature_space=space.describe(),
                     mse_x1e3=ev.mse_x1e3, rfid=ev.rfid, seed=seed)  # fmt: skip
@@ -137,10 +152,10 @@ def evaluate_table2(
 
     vectors = LM.code_vectors(model.quantizer)
     for k in neighbor_ks:
-        row.neighbor[str(k)] = ev.fd(ev.decoded(LM.neighbor_k(ev.codes, LM.neighbor_table(vectors, k))))
+        row.neighbor[str(k)] = ev.fd(ev.decoded(LM.neighbor_k(ev.codes, LM.neighbor_table(vectors, k))), f"Neighbor-{k}")
         log.info("Neighbor-%d FD %.4g", k, row.neighbor[str(k)])
 
-    row.interp = ev.fd(interpolated_images(ev, seed))
+    row.interp = ev.fd(interpolated_images(ev, seed), "interpolation")
     log.info("Interp. FD %.4g", row.interp)
 
     if prior is not None:
@@ -154,9 +169,40 @@ def evaluate_table2(
         row.prior_test_nll_nats = float(nll.double().mean())
         row.prior_test_bits_per_code = row.prior_test_nll_nats / (ev.codes[0].numel() * math.log(2.0))
         n = int(samples or len(split))
-        row.generation, row.generated = ev.fd(ev.decoded(sample_codes(prior, n, tuple(ev.codes.shape[1:]), seed, batch_size, device))), n
+        sampled = sample_codes(prior, n, tuple(ev.codes.shape[1:]), seed, batch_size, device)
+        row.generation, row.generated = ev.fd(ev.decoded(sampled), "generated"), n
         log.info("generation FD %.4g (%d samples), prior test NLL %.4g bits/code", row.generation, n, row.prior_test_bits_per_code)
+    if figure is not None:
+        example_figure(ev.examples, split, figure)
     return row
+
+
+def example_figure(examples: dict[str, Tensor], split, path: str | Path) -> Path:
+    """One row of images per column of the table (SQ-VAE Figures 6-7 for one model)."""
+    from speechsq.eval.plots import _pyplot, save_figure
+
+    plt = _pyplot()
+    cols = max(len(v) for v in examples.values())
+    fig, axes = plt.subplots(len(examples), cols, figsize=(1.1 * cols + 1.4, 1.15 * len(examples)), squeeze=False)
+    for r, (name, images) in enumerate(examples.items()):
+        pictures = images_as_float(images, split.kind, split.num_values, split.label_map)
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(pictures):
+                ax.axis("off")
+                continue
+            picture = pictures[c]
+            if split.label_map:  # categories: a colour per class
+                ax.imshow(picture.argmax(0).numpy(), cmap="tab20", vmin=0, vmax=max(split.num_values - 1, 1))
+            elif picture.shape[0] == 1:
+                ax.imshow(picture[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+            else:
+                ax.imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy())
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+    return save_figure(fig, path)
 
 
 def interpolated_images(ev: Evaluation, seed: int):
@@ -221,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="write the row as JSON here")
+    parser.add_argument("--figure", default=None, help="draw the first 8 images of every column here (PNG)")
     return parser
 
 
@@ -260,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         prior, _ = load_model(args.prior, device=args.device)
         if not hasattr(prior, "sample"):
             raise MismatchError(f"{args.prior} is not a prior checkpoint (model.name=pixelcnn_prior)")
-    row = evaluate_table2(model, split, space, prior, ks, args.samples, args.seed, args.batch_size, args.device)
+    row = evaluate_table2(model, split, space, prior, ks, args.samples, args.seed, args.batch_size, args.device, args.figure)
     text = json.dumps(row.as_dict(), indent=2)
     if args.out:
         atomic_write_json(args.out, row.as_dict())

@@ -63,7 +63,10 @@ def test_reconstruction_columns_match_an_independent_computation(setup):
     model, split, space = setup
     images = split.tensors(np.arange(len(split)))["images"]
     ev = image_fid.Evaluation(model, split, space, batch_size=16)
-    assert ev.fd([images[:13], images[13:]]) == pytest.approx(0.0, abs=1e-9)  # the split against itself
+    assert ev.fd([images[:5], images[5:]], "again") == pytest.approx(0.0, abs=1e-9)  # the split against itself
+    assert list(ev.examples) == ["test images", "reconstruction", "again"]
+    assert torch.equal(ev.examples["test images"], images[:8]) and torch.equal(ev.examples["again"], images[:5])
+    torch.testing.assert_close(ev.examples["reconstruction"], model.reconstruct(images[:8]))
     assert ev.rfid == pytest.approx(fd_to_split(space, split, model.reconstruct(images)), rel=1e-9)
     assert ev.mse_x1e3 == pytest.approx(evaluate_image_model(model, split).mse_x1e3, rel=1e-9)
     assert torch.equal(ev.codes, model.encode(images)["indices"])
@@ -121,9 +124,13 @@ def test_command_writes_a_labelled_row(tmp_path, capsys):
     out = tmp_path / "fid.json"
     code = image_fid.main([
         "--checkpoint", str(tmp_path / "vq" / "checkpoints" / "last.pt"), "--limit", "30", "--neighbors", "1,2",
-        "--classifier-steps", "5", "--out", str(out),
+        "--classifier-steps", "5", "--out", str(out), "--figure", str(tmp_path / "examples.png"),
     ])  # fmt: skip
     assert code == 0
+    from PIL import Image
+
+    with Image.open(tmp_path / "examples.png") as png:  # rows: test, reconstruction, Neighbor-1, -2, interpolation
+        assert png.size[1] == pytest.approx(100 * 1.15 * 5, abs=2)
     row = json.loads(out.read_text())
     assert row["feature_space"]["label"] == "FD (speechsq classifier, not comparable to published FID)"
     assert row["feature_space"]["directory"] == str(tmp_path / "fd_classifier")  # next to the model's directory

@@ -14,7 +14,7 @@
 # with --inception-weights, else an offline FD in a classifier's features, labelled as not
 # comparable to published FID), 7 print the Table 2-shaped table.
 # Outputs: exp/<tag>/<quantizer>/ (checkpoints, train.log, tensorboard, results_<split>.json,
-# codes/train, prior/, fid_<split>.json), exp/<tag>/fd_classifier/, exp/<tag>/results_<split>.md
+# codes/train, prior/, fid_<split>.json, examples_<split>.png), exp/<tag>/fd_classifier/, exp/<tag>/results_<split>.md
 # and exp/<tag>/table2_<split>.md. Re-running resumes finished or interrupted training.
 set -euo pipefail
 
@@ -135,7 +135,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     log "stage 6: Table 2 columns of $q on the $split split"
     fid_args=(--checkpoint "$exp/$q/checkpoints/last.pt" --prior "$exp/$q/prior/checkpoints/last.pt" --split "$split"
               --classifier-dir "$exp/fd_classifier" --classifier-steps "$fd_classifier_steps" --device "$device"
-              --out "$exp/$q/fid_$split.json")
+              --out "$exp/$q/fid_$split.json" --figure "$exp/$q/examples_$split.png")
     [ -n "$data_root" ] && fid_args+=(--data-root "$data_root")
     [ -n "$inception_weights" ] && fid_args+=(--inception-weights "$inception_weights")
     run_logged "the FIDs of $q" "$exp/$q/fid_$split.out" speechsq image-fid "${fid_args[@]}"
