@@ -72,6 +72,24 @@ def test_reconstruction_columns_match_an_independent_computation(setup):
     assert torch.equal(ev.codes, model.encode(images)["indices"])
 
 
+def test_mse_of_grey_level_categories_and_label_maps():
+    from types import SimpleNamespace
+
+    from speechsq.eval.image_metrics import evaluate_image_model
+
+    torch.manual_seed(0)
+    q = build_quantizer("vq", num_codes=K, code_dim=8)
+    model = ImageVQVAE(q, LIKELIHOODS.get("categorical")(17), "sqvae_two_layer", 1, num_categories=17, width=8).eval()
+    split = load_image_dataset("digits", "test", pixels="categorical", limit=20)
+    space = ClassifierFeatures(FeatureNet(1, 10), {})
+    ev = image_fid.Evaluation(model, split, space, batch_size=8)
+    assert ev.mse_x1e3 == pytest.approx(evaluate_image_model(model, split).mse_x1e3, rel=1e-9)  # level / 16
+    # ids 0 and 16 against 8: (8/16)^2 each
+    grey = SimpleNamespace(label_map=False, kind="categorical", num_values=17)
+    assert image_fid.squared_error(torch.tensor([0, 16]), torch.tensor([8, 8]), grey) == pytest.approx(0.5)
+    assert image_fid.squared_error(torch.tensor([0]), torch.tensor([3]), SimpleNamespace(label_map=True)) is None
+
+
 def test_neighbor_and_interpolation_columns(setup, monkeypatch):
     model, split, space = setup
     images = split.tensors(np.arange(len(split)))["images"]

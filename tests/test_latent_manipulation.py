@@ -128,6 +128,8 @@ def test_pairs_never_pair_an_image_with_itself_and_ratios_are_seeded_uniforms():
     assert np.array_equal(first, again) and not np.array_equal(first, LM.interpolation_pairs(9, seed=5)[0])
     ratios = LM.mixing_ratios(2000, seed=1)
     assert ratios.shape == (2000,) and ratios.min() >= 0.0 and ratios.max() <= 1.0
+    # spread over the whole of [0, 1] (mean 1/2, standard error 0.0065 for 2000 draws)
+    assert abs(ratios.mean() - 0.5) < 0.02 and ratios.min() < 0.01 and ratios.max() > 0.99
     assert np.array_equal(ratios, LM.mixing_ratios(2000, seed=1))
     with pytest.raises(LM.ManipulationError, match="at least 2 images"):
         LM.interpolation_pairs(1)
