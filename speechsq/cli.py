@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("speechsq.eval.evaluate", "MSE (dB^2), bitrate, codebook statistics of a checkpoint"),
     "report": ("speechsq.eval.report", "collect results.json / results.md tables over runs"),
     "plots": ("speechsq.eval.plots", "reconstruction figure and training curves (PNG) of an experiment"),
+    "extract-codes": ("speechsq.data.code_maps", "encode an image split into code maps (to train a PixelCNN prior on)"),
+    "image-fid": ("speechsq.eval.image_fid", "SQ-VAE Table 2 for an image model: rFID, generation, Neighbor-k, interpolation"),
 }
 
 DEBUG_ENV = "SPEECHSQ_DEBUG"
