@@ -29,7 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "abx": ("speechsq.eval.abx", "ABX discriminability of features or units on an item file"),
     "evaluate": ("speechsq.eval.evaluate", "MSE (dB^2), bitrate, codebook statistics of a checkpoint"),
     "report": ("speechsq.eval.report", "collect results.json / results.md tables over runs"),
-    "plots": ("speechsq.eval.plots", "reconstruction figure and training curves (PNG) of an experiment"),
+    "resynthesize": ("speechsq.eval.resynthesize", "speak utterances or units in training speakers' voices (wavs, ZeroSpeech synthesis)"),
+    "synthesis-measures": ("speechsq.eval.speech_measures", "MCD/LSD of resynthesis, speaker match and ABX of voice conversion"),
+    "plots": ("speechsq.eval.plots", "training curves and reconstruction figure (PNG) of an experiment"),
 }
 
 DEBUG_ENV = "SPEECHSQ_DEBUG"
