@@ -40,7 +40,9 @@ class GriffinLimVocoder(Vocoder):
             n_fft=inv.n_fft, n_iter=self.n_iter, win_length=inv.win_length, hop_length=inv.hop_length,
             power=1.0, momentum=self.momentum, length=inv.hop_length * (feats.shape[1] - 1), rand_init=True,
         ).to(self.device)
-        devices = [self.device] if self.device.type == "cuda" else []
+        devices = []
+        if self.device.type == "cuda":  # fork_rng takes device indices
+            devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             wav = griffin_lim(magnitude)
