@@ -270,12 +270,16 @@ class UnitCodec:
                 raise UnitsError("an Encoding carries its own durations; pass durations only with plain units")
             out = self.model.decode(units.quantized[None].to(self.device), spk)
             return out[0, :, : units.num_frames].float().cpu()
-        codes = units if torch.is_tensor(units) else torch.as_tensor(np.asarray(units))
+        if torch.is_tensor(units):
+            codes = units
+        else:
+            array = np.asarray(units)
+            codes = torch.as_tensor(array if array.size else array.astype(np.int64))  # [] parses as float
+        if codes.dtype.is_floating_point:
+            raise UnitsError("units must be integer code indices")
         frame_units = expand_units(codes, durations) if durations is not None else codes.long().cpu()
         if frame_units.shape[0] < 1:
             raise UnitsError("no units to decode")
-        if frame_units.dtype.is_floating_point:
-            raise UnitsError("units must be integer code indices")
         if bool((frame_units < 0).any()) or bool((frame_units >= self.num_codes).any()):
             raise UnitsError(f"unit indices must lie in [0, {self.num_codes}) (the codebook size)")
         try:

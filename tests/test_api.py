@@ -12,6 +12,7 @@ import torch
 from tiny_speech import N_MELS, speech_like, tiny_checkpoint
 
 import speechsq
+from speechsq.errors import SpeechsqError
 from speechsq.api import (
     README_EXAMPLE,
     Encoding,
@@ -119,6 +120,10 @@ def test_bad_inputs_give_clear_errors(codec, wav):
         codec.decode([1, 2], 2)
     with pytest.raises(UnitsError, match=r"unit indices must lie in \[0, 8\)"):
         codec.decode([1, 8], "V001")
+    with pytest.raises(UnitsError, match=r"unit indices must lie in \[0, 8\)"):
+        codec.decode([1, -1], "V001")  # -1 is the quantizer's padding marker, not a unit
+    with pytest.raises(UnitsError, match="integer code indices"):
+        codec.decode(np.array([1.0, 2.0]), "V001")
     with pytest.raises(UnitsError, match="no units"):
         codec.decode([], "V001")
     with pytest.raises(UnitsError, match="sample_rate must be a positive integer"):
@@ -189,11 +194,18 @@ def test_standardised_features_need_their_statistics(tmp_path):
     bare = speechsq.load(path)
     with pytest.raises(UnitsError, match="cmvn='feats/train/cmvn.npz'"):
         bare.encode(speech_like(0.5, 24000), 24000)
+    with pytest.raises(SpeechsqError, match="cmvn='feats/train/cmvn.npz'"):
+        bare.vocode(torch.zeros(80, 4))
     from speechsq.features import Cmvn
 
+    (tmp_path / "nofeats").mkdir()
+    Cmvn(np.full(80, -50.0, np.float32), np.full(80, 5.0, np.float32), 10).save(tmp_path / "nofeats" / "cmvn.npz")
+    assert float(speechsq.load(path).cmvn.std[0]) == 5.0  # the training features' statistics
     Cmvn(np.full(80, -40.0, np.float32), np.full(80, 10.0, np.float32), 10).save(tmp_path / "cmvn.npz")
-    found = speechsq.load(path)  # next to the checkpoint (an exported model directory)
-    assert found.cmvn is not None and float(found.cmvn.std[0]) == 10.0
+    found = speechsq.load(path)  # next to the checkpoint (an exported model directory) comes first
+    assert float(found.cmvn.std[0]) == 10.0
+    given = speechsq.load(path, cmvn=tmp_path / "nofeats" / "cmvn.npz")
+    assert float(given.cmvn.std[0]) == 5.0
     assert found.encode(speech_like(0.5, 24000), 24000).num_frames == 1 + 12000 // 300
 
 

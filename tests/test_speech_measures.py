@@ -4,6 +4,7 @@ scores and the JSON of `speechsq synthesis-measures`."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -120,6 +121,30 @@ def test_conversion_share_per_voice(synthesis):
     summary = sm.summarize(None, {"V001": {"speaker_match": 50.0}, "V002": {"speaker_match": 100.0, "abx_within": 20.0}}, None)
     assert summary["conversion_speaker_match"] == 75.0 and summary["conversion_abx_within"] == 20.0
     assert summary["conversion_abx_across"] is None and summary["resynthesis_mcd_db"] is None
+
+
+def test_conversion_abx_scores_the_re_encoded_speech(synthesis, monkeypatch):
+    import speechsq
+    from speechsq.eval import abx
+
+    codec = speechsq.load(tiny_checkpoint())
+    calls = []
+
+    def fake_abx(items, features, frame_shift, distance, context_modes):
+        calls.append((items, dict(features), frame_shift, distance, context_modes))
+        return SimpleNamespace(scores={"within-within": 10.0 + len(calls), "across-within": 30.0})
+
+    monkeypatch.setattr(abx, "compute_abx", fake_abx)
+    entries = sm.read_synthesis_dir(synthesis / "out")
+    result = sm.measure_conversion(entries, codec, items="items.txt", abx_distance="euclidean")
+    assert result["V001"]["abx_within"] == 11.0 and result["V002"]["abx_within"] == 12.0
+    assert result["V002"]["abx_across"] == 30.0 and "speaker_match" not in result["V001"]
+    items, features, frame_shift, distance, modes = calls[1]
+    assert (items, frame_shift, distance, modes) == ("items.txt", 0.02, "euclidean", ("within",))
+    wav = sf.read(synthesis / "out" / "V002" / "V001_0000000001.wav")[0]
+    expected = codec.encode(wav, 16000).quantized.numpy()
+    assert sorted(features) == ["V001_0000000001", "V001_0000000002"]
+    np.testing.assert_array_equal(features["V001_0000000001"], expected)
 
 
 def test_resynthesis_against_the_source(synthesis):
