@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="speechsq resynthesize",
         description="Speak utterances (wavs, a data dir or extracted units) in training speakers' voices "
                     "(voice conversion) and/or their own voice (resynthesis).",
+        epilog="Writes OUT/<voice>/<utt>.wav (voice 'source' for --source-voice), with --zerospeech "
+               "OUT/zerospeech/test/<voice>_<file id>.wav, and synthesis.tsv, skipped, resynthesize.json, "
+               "complete.json. Score them with `speechsq synthesis-measures`.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint written by speechsq train (e.g. exp/x/checkpoints/last.pt)")
     src = p.add_mutually_exclusive_group(required=True)
