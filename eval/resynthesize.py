@@ -8,8 +8,9 @@ speakers (ZeroSpeech 2019's "TTS without T": the test utterances spoken in V001 
 Input, one of:
 
 ``--data-dir``  a Kaldi data dir: ``wav.scp`` (the waveforms) and ``utt2spk`` (source speakers);
-``--wav``       one audio file or a folder of them (recursively; every format libsndfile reads,
-                extensions in any case; utterance id = file name without extension);
+``--wav``       one audio file or a folder of them (:func:`speechsq.data_prep.audio.discover_audio`:
+                recursively, every format libsndfile reads, extensions in any case, duplicate
+                stems an error; utterance id = file name without extension);
 ``--units``     the output of ``speechsq extract`` (``indices/<utt>.npy``, the code of every
                 latent frame): speech made from the discrete units alone.
 
@@ -67,47 +68,6 @@ class ResynthesisError(SpeechsqError, ValueError):
 # ----------------------------------------------------------------------------- inputs
 
 
-# TODO(trust-data): replace by speechsq.data_prep.audio.discover_audio once it is on main
-def discover_audio_until_shared(path: str | Path) -> dict[str, Path]:
-    """``utt -> file`` for an audio file or every audio file under a folder (recursively,
-    any extension libsndfile reads, in any case); two files with the same stem are an error
-    naming both. A minimal stand-in for the shared function of ``speechsq.data_prep.audio``."""
-    import soundfile as sf
-
-    path = Path(path)
-    if path.is_file():
-        return {path.stem: path}
-    if not path.is_dir():
-        raise ResynthesisError(f"{path} does not exist (give an audio file or a folder of audio files)")
-    extensions = {f".{name.lower()}" for name in sf.available_formats()} | {".wav", ".flac", ".ogg", ".aiff", ".aif"}
-    found: dict[str, Path] = {}
-    for candidate in sorted(path.rglob("*")):
-        if candidate.name.startswith(".") or candidate.suffix.lower() not in extensions or not candidate.is_file():
-            continue
-        if candidate.stem in found:
-            raise ResynthesisError(f"{found[candidate.stem]} and {candidate} would both be utterance {candidate.stem!r}; rename one")
-        found[candidate.stem] = candidate
-    if not found:
-        raise ResynthesisError(f"no audio files under {path}")
-    return dict(sorted(found.items()))
-
-
-def read_audio_file(path: Path) -> tuple[np.ndarray, int]:
-    """``(samples, channels)`` float32 and the sample rate; unreadable files raise
-    :class:`~speechsq.data_prep.audio.AudioProblem` (the codec mixes down and resamples)."""
-    import soundfile as sf
-
-    from speechsq.data_prep.audio import AudioProblem
-
-    try:
-        wav, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioProblem(path, "not-audio", f"not a readable audio file ({err})") from None
-    if wav.shape[0] == 0:
-        raise AudioProblem(path, "empty", "no samples")
-    return wav, int(sample_rate)
-
-
 @dataclass
 class Source:
     """One utterance to synthesise: from audio (``audio``) or from units (``frame_units``)."""
@@ -126,18 +86,17 @@ def sources_from_data_dir(data_dir: str | Path) -> list[Source]:
 
 
 def sources_from_audio(path: str | Path, utt2spk: Mapping[str, str] | None = None) -> list[Source]:
-    files = discover_audio_until_shared(path)
+    from speechsq.data_prep.audio import discover_audio
+
+    files = discover_audio(path)
     return [Source(utt, (utt2spk or {}).get(utt), file) for utt, file in files.items()]
 
 
 def sources_from_units(units_dir: str | Path, utt2spk: Mapping[str, str] | None = None) -> list[Source]:
-    from speechsq.completion import read_completion, require_complete
+    from speechsq.completion import require_complete
 
     units_dir = Path(units_dir)
-    if read_completion(units_dir) is not None:
-        require_complete(units_dir, "units", remedy="run `speechsq extract` again")
-    elif units_dir.is_dir():
-        log.warning("%s has no completion marker: assuming `speechsq extract` finished", units_dir)
+    require_complete(units_dir, "units", remedy="run `speechsq extract` again")
     files = sorted((units_dir / "indices").glob("*.npy"))
     if not files:
         raise ResynthesisError(f"no indices/*.npy under {units_dir}; give the --out folder of `speechsq extract`")
@@ -213,6 +172,7 @@ def synthesize(
     from tqdm.auto import tqdm
 
     from speechsq.completion import atomic_write_json, atomic_write_text, begin, mark_complete
+    from speechsq.data_prep.audio import read_audio
 
     if not voices and not source_voice:
         raise ResynthesisError("nothing to synthesise: give --speaker NAME(S) and/or --source-voice")
@@ -230,8 +190,10 @@ def synthesize(
             if source.frame_units is not None:
                 content = np.load(source.frame_units, allow_pickle=False)
             else:
-                wav, sample_rate = read_audio_file(source.audio)
-                content = codec.encode(wav, sample_rate)
+                audio = read_audio(source.audio, codec.sample_rate, codec.pipeline.resample_type)
+                if audio.conversion.describe() != "unchanged":
+                    log.info("%s: %s", source.audio, audio.conversion.describe())
+                content = codec.encode(audio.wav, codec.sample_rate)
         except SpeechsqError as err:
             reason = getattr(err, "reason", type(err).__name__)
             summary.skipped.append((source.utt, reason, str(err)))

@@ -79,7 +79,7 @@ class Encoding:
 def run_length_encode(frame_units: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
     """Collapse runs over the first axis: ``[3, 3, 5, 3] -> units [3, 5, 3], durations [2, 1, 1]``
     (rows of a ``(T', G)`` array count as equal when all their codes are)."""
-    codes = torch.as_tensor(np.asarray(frame_units) if not torch.is_tensor(frame_units) else frame_units).long().cpu()
+    codes = (frame_units if torch.is_tensor(frame_units) else torch.from_numpy(np.array(frame_units))).long().cpu()
     if codes.ndim not in (1, 2):
         raise UnitsError(f"frame units must be (frames,) or (frames, groups), got shape {tuple(codes.shape)}")
     if codes.shape[0] == 0:
@@ -93,8 +93,8 @@ def run_length_encode(frame_units: Tensor | np.ndarray) -> tuple[Tensor, Tensor]
 
 def expand_units(units: Tensor | np.ndarray, durations: Tensor | np.ndarray) -> Tensor:
     """The inverse of :func:`run_length_encode`: every unit repeated ``duration`` times."""
-    units = torch.as_tensor(np.asarray(units) if not torch.is_tensor(units) else units).long().cpu()
-    durations = torch.as_tensor(np.asarray(durations) if not torch.is_tensor(durations) else durations).cpu()
+    units = (units if torch.is_tensor(units) else torch.from_numpy(np.array(units))).long().cpu()
+    durations = (durations if torch.is_tensor(durations) else torch.from_numpy(np.array(durations))).cpu()
     if durations.ndim != 1 or units.ndim not in (1, 2) or units.shape[0] != durations.shape[0]:
         raise UnitsError(f"need one duration per unit: units {tuple(units.shape)}, durations {tuple(durations.shape)}")
     if durations.dtype.is_floating_point and not bool((durations == durations.round()).all()):
@@ -241,7 +241,7 @@ class UnitCodec:
 
     def encode_features(self, log_mel: Tensor | np.ndarray, conversion: str = "unchanged") -> Encoding:
         """``(n_mels, frames)`` model features (e.g. ``FeatureReader(d)[utt].T``) -> :class:`Encoding`."""
-        feats = torch.as_tensor(np.asarray(log_mel) if not torch.is_tensor(log_mel) else log_mel).float()
+        feats = log_mel.float() if torch.is_tensor(log_mel) else torch.from_numpy(np.array(log_mel, dtype=np.float32))
         if feats.ndim != 2 or feats.shape[0] != self.model.n_mels:
             raise UnitsError(f"log-Mel must be (n_mels={self.model.n_mels}, frames), got {tuple(feats.shape)}")
         enc = self.model.encode(feats[None].to(self.device))

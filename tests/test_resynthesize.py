@@ -12,6 +12,7 @@ from tiny_speech import speech_like, tiny_checkpoint
 
 from speechsq import cli
 from speechsq.completion import require_complete
+from speechsq.data_prep.audio import AudioInputError
 from speechsq.eval import resynthesize as rs
 
 
@@ -81,17 +82,18 @@ def test_audio_folder_any_format_and_case(tmp_path):
     sf.write(folder / "a.WAV", speech_like(0.4, seed=1), 16000)
     sf.write(folder / "sub" / "b.flac", np.stack([speech_like(0.4, 22050, seed=2)] * 2, axis=1), 22050)
     (folder / "notes.txt").write_text("not audio")
-    found = rs.discover_audio_until_shared(folder)
-    assert sorted(found) == ["a", "b"]
-    assert rs.discover_audio_until_shared(folder / "a.WAV") == {"a": folder / "a.WAV"}
     out = tmp_path / "out"
     assert rs.main(["--checkpoint", str(tiny_checkpoint()), "--wav", str(folder), "--speaker", "V002", "--out", str(out),
                     "--no-progress", "--device", "cpu", "--griffin-lim-iters", "2"]) == 0
     assert sorted(p.name for p in (out / "V002").iterdir()) == ["a.wav", "b.wav"]
     assert len(sf.read(out / "V002" / "b.wav")[0]) == 160 * (1 + 6400 // 160 - 1)  # resampled to 16 kHz
     sf.write(folder / "sub" / "a.wav", speech_like(0.2), 16000)
-    with pytest.raises(rs.ResynthesisError, match=r"a\.WAV and .*sub/a\.wav would both be utterance 'a'"):
-        rs.discover_audio_until_shared(folder)
+    with pytest.raises(AudioInputError, match=r"a\.WAV and .*sub/a\.wav would both be utterance 'a'"):
+        rs.main(["--checkpoint", str(tiny_checkpoint()), "--wav", str(folder), "--speaker", "V002", "--out", str(out)])
+    one = tmp_path / "one"
+    assert rs.main(["--checkpoint", str(tiny_checkpoint()), "--wav", str(folder / "a.WAV"), "--speaker", "V001",
+                    "--out", str(one), "--no-progress", "--device", "cpu", "--griffin-lim-iters", "2"]) == 0
+    assert [p.name for p in (one / "V001").iterdir()] == ["a.wav"]
 
 
 def test_units_from_extract_decode_to_speech(tmp_path, corpus):
@@ -106,7 +108,8 @@ def test_units_from_extract_decode_to_speech(tmp_path, corpus):
     writer.commit()
     units = tmp_path / "units"
     assert extract_main(["--checkpoint", str(tiny_checkpoint()), "--data-dir", str(corpus["data"]), "--feats",
-                         str(tmp_path / "feats"), "--out", str(units), "--no-progress", "--device", "cpu"]) == 0
+                         str(tmp_path / "feats"), "--out", str(units), "--no-progress", "--device", "cpu",
+                         "--allow-missing"]) == 0  # the unreadable file has no features
     out = tmp_path / "out"
     assert rs.main(["--checkpoint", str(tiny_checkpoint()), "--units", str(units), "--speaker", "V001", "--out", str(out),
                     "--utts", "S101_0000000002", "--no-progress", "--device", "cpu", "--griffin-lim-iters", "2"]) == 0
@@ -131,4 +134,14 @@ def test_one_line_errors(tmp_path, corpus, capsys):
     assert cli.main([*base, "--data-dir", str(corpus["data"]), "--speaker", "V001", "--utts", "nope"]) == 2
     assert "utterance(s) ['nope'] are not in the input" in capsys.readouterr().err
     assert cli.main([*base, "--units", str(tmp_path), "--speaker", "V001"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"speechsq resynthesize: error: {tmp_path} is incomplete (no complete.json: the command that writes it failed "
+        "or is still running); run `speechsq extract` again")
+    from speechsq.completion import mark_complete
+
+    mark_complete(tmp_path / "empty", "units", [], producer="test")
+    assert cli.main([*base, "--units", str(tmp_path / "empty"), "--speaker", "V001"]) == 2
     assert "no indices/*.npy under" in capsys.readouterr().err
+    mark_complete(tmp_path / "feats", "features", [], producer="test")
+    assert cli.main([*base, "--units", str(tmp_path / "feats"), "--speaker", "V001"]) == 2
+    assert "holds 'features' output, expected 'units'" in capsys.readouterr().err
