@@ -33,6 +33,9 @@ skipped, logged and listed in ``skipped``; the run goes on. Written under ``--ou
     resynthesize.json          settings and counts
     complete.json              completion marker (kind ``synthesis``, keys ``<voice>/<utt>``), last
 
+The folder is built beside ``--out`` and renamed into place complete, replacing an earlier
+output of this command (any other non-empty folder is refused).
+
 ``speechsq synthesis-measures`` (:mod:`speechsq.eval.speech_measures`) scores these folders.
 """
 
@@ -158,6 +161,11 @@ def _voices_of(source: Source, voices: list[str], source_voice: bool) -> Iterato
         yield SOURCE_VOICE, source.speaker
 
 
+def looks_like_synthesis_dir(path: Path) -> bool:
+    """An existing --out that this command may replace: one it wrote before."""
+    return (path / MANIFEST).is_file() or (path / "resynthesize.json").is_file()
+
+
 def synthesize(
     codec,
     sources: list[Source],
@@ -168,11 +176,12 @@ def synthesize(
     progress: bool = True,
     info: dict | None = None,
 ) -> SynthesisSummary:
-    """Decode every source into every voice and write the files of the module docstring."""
-    from tqdm.auto import tqdm
+    """Decode every source into every voice and write the files of the module docstring.
 
-    from speechsq.completion import atomic_write_json, atomic_write_text, begin, mark_complete
-    from speechsq.data_prep.audio import read_audio
+    The folder is built beside ``out_dir`` and renamed into place complete
+    (:mod:`speechsq.data_prep.staging`): an interrupted run leaves the previous output (or
+    none), and no stale file of an earlier run (another voice, a longer list) survives."""
+    from speechsq.data_prep.staging import staged_directory
 
     if not voices and not source_voice:
         raise ResynthesisError("nothing to synthesise: give --speaker NAME(S) and/or --source-voice")
@@ -180,7 +189,20 @@ def synthesize(
         codec.speaker_id(voice)  # unknown names fail here, before any work, listing the known ones
     if source_voice and all(s.speaker is None for s in sources):
         raise ResynthesisError("--source-voice needs each utterance's speaker: give --data-dir, or --utt2spk with --wav/--units")
-    out_dir = begin(out_dir)
+    with staged_directory(out_dir, looks_like_synthesis_dir, what="synthesis") as staging:
+        summary = _synthesize_into(staging, codec, sources, voices, source_voice, zerospeech, progress, info)
+    if summary.skipped:
+        log.warning("%d item(s) skipped, listed in %s", len(summary.skipped), Path(out_dir) / "skipped")
+    log.info("wrote %d wavs of %d utterances to %s in %.1f s", summary.written, summary.utterances, out_dir, summary.seconds)
+    return summary
+
+
+def _synthesize_into(out_dir: Path, codec, sources, voices, source_voice, zerospeech, progress, info) -> SynthesisSummary:
+    from tqdm.auto import tqdm
+
+    from speechsq.completion import atomic_write_json, atomic_write_text, mark_complete
+    from speechsq.data_prep.audio import read_audio
+
     known = set(codec.speakers)
     summary = SynthesisSummary()
     manifest: list[str] = []
@@ -223,10 +245,7 @@ def synthesize(
               "n_peak_limited": summary.peak_limited, "n_skipped": len(summary.skipped),
               "sample_rate": codec.sample_rate, "seconds": summary.seconds}
     atomic_write_json(out_dir / "resynthesize.json", record)
-    if summary.skipped:
-        log.warning("%d item(s) skipped, listed in %s", len(summary.skipped), out_dir / "skipped")
     mark_complete(out_dir, KIND, summary.keys, producer="speechsq resynthesize", voices=record["voices"])
-    log.info("wrote %d wavs of %d utterances to %s in %.1f s", summary.written, summary.utterances, out_dir, summary.seconds)
     return summary
 
 

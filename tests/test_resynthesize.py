@@ -13,6 +13,7 @@ from tiny_speech import speech_like, tiny_checkpoint
 from speechsq import cli
 from speechsq.completion import require_complete
 from speechsq.data_prep.audio import AudioInputError
+from speechsq.errors import SpeechsqError
 from speechsq.eval import resynthesize as rs
 
 
@@ -74,6 +75,22 @@ def test_conversion_from_a_data_dir_writes_voices_and_the_zerospeech_tree(tmp_pa
     info = json.loads((out / "resynthesize.json").read_text())
     assert (info["n_inputs"], info["n_utterances"], info["n_written"], info["n_skipped"]) == (4, 3, 7, 3)
     assert info["voices"] == ["V001", "V002", "source"] and info["input_kind"] == "data_dir"
+
+
+def test_a_new_run_replaces_the_old_output_and_refuses_other_folders(tmp_path, corpus):
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(tiny_checkpoint()), "--data-dir", str(corpus["data"]), "--out", str(out),
+            "--no-progress", "--device", "cpu", "--griffin-lim-iters", "2"]
+    assert rs.main([*args, "--speaker", "V001", "V002", "--zerospeech"]) == 0
+    assert rs.main([*args, "--speaker", "V002", "--limit", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["V002", "complete.json", "resynthesize.json", "skipped", rs.MANIFEST]
+    assert [p.name for p in (out / "V002").iterdir()] == ["S101_0000000001.wav"]  # nothing stale is left
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
+    with pytest.raises(SpeechsqError, match="does not look like a synthesis directory"):
+        rs.main([*args[:4], "--out", str(other), "--speaker", "V001"])
+    assert (other / "thesis.tex").read_text() == "precious"
 
 
 def test_audio_folder_any_format_and_case(tmp_path):
