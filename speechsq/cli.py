@@ -31,7 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "abx": ("speechsq.eval.abx", "ABX discriminability of features or units on an item file"),
     "evaluate": ("speechsq.eval.evaluate", "MSE (dB^2), bitrate, codebook statistics of a checkpoint"),
     "report": ("speechsq.eval.report", "collect results.json / results.md tables over runs"),
-    "plots": ("speechsq.eval.plots", "reconstruction figure and training curves (PNG) of an experiment"),
+    "resynthesize": ("speechsq.eval.resynthesize", "speak utterances or units in training speakers' voices (wavs, ZeroSpeech synthesis)"),
+    "synthesis-measures": ("speechsq.eval.speech_measures", "MCD/LSD of resynthesis, speaker match and ABX of voice conversion"),
+    "plots": ("speechsq.eval.plots", "training curves and reconstruction figure (PNG) of an experiment"),
     "extract-codes": ("speechsq.data.code_maps", "encode an image split into code maps (to train a PixelCNN prior on)"),
     "image-fid": ("speechsq.eval.image_fid", "SQ-VAE Table 2 for an image model: rFID, generation, Neighbor-k, interpolation"),
 }
