@@ -46,7 +46,7 @@ CASES = [
     (SPEECH, "resume=never", "resume: expected 'auto' (continue, the default), 'restart' (start over; the old run is moved "
                              "aside) or a checkpoint path ending in .pt, got 'never'"),
     (SPEECH, "quantizer.options.betta=0.3", "quantizer 'sq_gauss1' does not take option(s) ['betta']; it accepts: "
-                                             "log_sigma2_init, init"),
+                                             "log_sigma2_init, init, variance_form"),
     (SPEECH, "quantizer.num_codes=1", "quantizer: num_codes must be >= 2 (a codebook of one code carries no information), got 1"),
     (IMAGES, "data.pixel=categorical", "unknown key data.pixel; did you mean data.pixels?"),
     (IMAGES, "data.split=dev", "data.split: expected one of 'train', 'valid', 'test', got 'dev'"),
@@ -89,7 +89,9 @@ def test_every_quantizer_config_passes_the_schema(quantizer):
 
 
 def _data(experiment: str) -> str:
-    return "data.feats_dir=feats/train" if experiment in ("mini", "paper") else "data.root=/data"
+    if experiment in ("mini", "paper"):
+        return "data.feats_dir=feats/train"
+    return "data.codes_dir=codes/train" if experiment.startswith("prior") else "data.root=/data"
 
 
 @pytest.mark.parametrize("experiment", group_options("experiment"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from external_tools import require_module
 
 from speechsq.errors import MismatchError
 from speechsq.eval.fid import (
@@ -84,7 +85,7 @@ def test_feature_stats_are_the_mean_and_unbiased_covariance():
 
 
 def test_agrees_with_torch_fidelity_on_well_conditioned_statistics():
-    metric_fid = pytest.importorskip("torch_fidelity.metric_fid")
+    metric_fid = require_module("torch_fidelity.metric_fid", "fid")
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(400, 16)), rng.normal(size=(300, 16)) @ rng.normal(size=(16, 16)) * 0.5 + 0.3
     ours = frechet_distance(feature_stats(a), feature_stats(b))
@@ -111,7 +112,7 @@ class NotTensors:
 def inception_weights(tmp_path_factory):
     """A weights file with the FID Inception's exact keys and shapes (random values: the
     real file cannot be downloaded here)."""
-    module = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    module = require_module("torch_fidelity.feature_extractor_inceptionv3", "fid")
     cls = module.FeatureExtractorInceptionV3
     with pytest.MonkeyPatch.context() as patch:  # build the bare network: no weights, no download
         patch.setattr(cls, "load_state_dict", lambda self, state, strict=True: None)

@@ -114,6 +114,31 @@ class ImageModelSchema:
     vmf_init_kappa: float = optional(1.0)
     output_activation: str = optional("auto")
     normalize_latent: bool = optional(False)
+    variance_head: Literal["adapter", "resblock"] = optional("adapter")
+
+
+@dataclass
+class PixelCNNPriorSchema:
+    """``model: pixelcnn_prior`` (speechsq/models/pixelcnn.py); sizes filled from the code maps."""
+
+    name: str
+    channels: int
+    layers: int
+    kernel_size: int
+    head_channels: int
+    num_codes: Optional[int] = optional(None)
+    height: Optional[int] = optional(None)
+    width: Optional[int] = optional(None)
+    num_classes: Optional[int] = optional(None)
+
+
+@dataclass
+class CodeMapsDataSchema:
+    """``data: code_maps`` (speechsq/data/code_maps.py)."""
+
+    name: str
+    codes_dir: str
+    batch_size: int
 
 
 DATA_SCHEMAS: Registry[type] = Registry("data schema")
@@ -122,6 +147,8 @@ DATA_SCHEMAS.register("speech_segments")(SpeechDataSchema)
 DATA_SCHEMAS.register("images")(ImageDataSchema)
 MODEL_SCHEMAS.register("speech_vqvae")(SpeechModelSchema)
 MODEL_SCHEMAS.register("image_vqvae")(ImageModelSchema)
+MODEL_SCHEMAS.register("pixelcnn_prior")(PixelCNNPriorSchema)
+DATA_SCHEMAS.register("code_maps")(CodeMapsDataSchema)
 
 
 @dataclass
