@@ -112,8 +112,8 @@ def evaluate_run(args, out_dir: Path) -> dict:
 
     if not args.checkpoint:
         raise EvalInputError("--checkpoint is required (or --baseline-feats for the log-Mel baseline)")
-    if not Path(args.checkpoint).is_file():
-        raise EvalInputError(f"{args.checkpoint}: no such checkpoint file")
+    if not Path(args.checkpoint).exists():
+        raise EvalInputError(f"{args.checkpoint}: no such checkpoint file or exported model directory")
     if args.probe_ali and not (args.units and args.probe_data):
         raise EvalInputError("--probe-ali needs --units and --probe-data (for utt2spk)")
     if args.items and not args.units:
@@ -123,7 +123,7 @@ def evaluate_run(args, out_dir: Path) -> dict:
     identity = checkpoint_identity(args.checkpoint)
     units = require_units(args.units, identity) if args.units else None  # before any work
     device = resolve_device(args.device)
-    model, cfg = load_model(args.checkpoint, device=device)
+    model, cfg = load_model(args.checkpoint, device=device, allow_pickle=args.trust_checkpoint)
     num_codes = num_codes_of(model)
     unit_shift = feature_frame_shift(cfg) * DOWNSAMPLING
     if units is not None and units.frame_shift is not None and not math.isclose(units.frame_shift, unit_shift):
@@ -165,7 +165,9 @@ def evaluate_run(args, out_dir: Path) -> dict:
         metrics.update({"perplexity": stats.perplexity, "active_codes": stats.active_codes, "bitrate": rate.bitrate})
         metrics["codebook"] = stats.to_dict()
         metrics["bitrate_detail"] = rate.to_dict()
-        plot_code_usage(np.asarray(stats.counts), out_dir / "code_usage.png", title=metrics["quantizer"])
+        source = units.described if units is not None else f"the MSE set {args.mse_data} (encoded on the fly)"
+        covers = f"{len(indices)} utterances of {source}; seed {metrics.get('seed')}, checkpoint {args.checkpoint}"
+        plot_code_usage(np.asarray(stats.counts), out_dir / "code_usage.png", title=metrics["quantizer"], covers=covers)
 
     if units is not None and args.items:
         sub = args.abx_features
@@ -193,6 +195,9 @@ def evaluate_run(args, out_dir: Path) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speechsq evaluate", description="MSE (dB^2), bitrate, codebook statistics, ABX and probes of a run.")
     p.add_argument("--checkpoint", help="checkpoint of the run")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint that needs unpickling (older speechsq versions): it can run code, "
+                        "so only for your own files; better convert it once with `speechsq export-model`")
     p.add_argument("--exp-dir", required=True, help="run directory; results go to <exp-dir>/eval/metrics.json")
     p.add_argument("--out", help="metrics JSON path (default <exp-dir>/eval/metrics.json)")
     p.add_argument("--mse-data", help="Kaldi data dir of the MSE utterances (e.g. data/parallel)")

@@ -358,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         "output appears complete, with complete.json, or not at all.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint written by speechsq train (e.g. exp/x/checkpoints/last.pt)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint that needs unpickling (older speechsq versions): it can run code, "
+                        "so only for your own files; better convert it once with `speechsq export-model`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data-dir", help="Kaldi data dir (its utt2spk lists the utterances); use with --feats")
     src.add_argument("--wav", "--wav-dir", dest="wav",
@@ -452,11 +455,11 @@ def main(argv: list[str] | None = None) -> int:
                      "skipped_by_features": selection.skipped_by_features, "missing": selection.missing})
     elif args.feats:
         raise EvalInputError("--feats goes with --data-dir; with --wav features are computed from the audio")
-    if not Path(args.checkpoint).is_file():
-        raise EvalInputError(f"{args.checkpoint}: no such checkpoint file")
+    if not Path(args.checkpoint).exists():
+        raise EvalInputError(f"{args.checkpoint}: no such checkpoint file or exported model directory")
 
     device = resolve_device(args.device)
-    model, cfg = load_model(args.checkpoint, device=device)
+    model, cfg = load_model(args.checkpoint, device=device, allow_pickle=args.trust_checkpoint)
     info = {**checkpoint_identity(args.checkpoint), "train_set": args.train_set,
             "quantizer": str(cfg["quantizer"]["name"]), **info}
     if args.wav:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechsq.completion import Completion, require_complete
+from speechsq.completion import Completion, read_completion, require_complete
 from speechsq.data_prep.kaldi_dir import c_sorted
 from speechsq.errors import IncompleteOutputError, MismatchError, SpeechsqError
 
@@ -67,8 +67,19 @@ def checkpoint_step(path: str | Path) -> int | None:
 
 def checkpoint_identity(path: str | Path) -> dict:
     """``checkpoint`` (resolved path), ``checkpoint_sha256`` and ``checkpoint_step`` of a
-    checkpoint file, recorded in unit and evaluation markers."""
+    checkpoint file or an exported model (``speechsq export-model``: the digest and step of its
+    weights, from its verified completion marker), recorded in unit and evaluation markers."""
+    from speechsq.training.export import WEIGHTS, is_exported_model
+
     path = Path(path)
+    if is_exported_model(path):
+        from speechsq.training.export import load_exported
+
+        directory = path.parent if path.name == WEIGHTS else path
+        load_exported(directory)  # refuses an unfinished or altered export, one line
+        info = read_completion(directory).info
+        return {"checkpoint": str(directory.resolve()), "checkpoint_sha256": info["weights_sha256"],
+                "checkpoint_step": info.get("step")}
     return {"checkpoint": str(path.resolve()), "checkpoint_sha256": file_sha256(path), "checkpoint_step": checkpoint_step(path)}
 
 

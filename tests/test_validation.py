@@ -185,6 +185,7 @@ class WithSummaries(ToyRegression):
             "audio": {"tone": (np.sin(np.linspace(0, 100, 1600)), 16000)},
             "figures": {"curve": fig},
             "scalars": {"extra": 1.5},
+            "text": {"note": "MSE 3.0 dB²"},
         }
 
 
@@ -213,6 +214,9 @@ def test_the_model_summaries_hook_runs_at_checkpoints_and_lands_in_tensorboard(t
     assert sizes == {"chw": (4, 5), "hwc": (6, 5), "gray": (6, 7), "said": (4, 5)}
     assert events.Audio("audio/tone")[0].sample_rate == 16000
     assert {e.step: e.value for e in events.Scalars("scalars/extra")} == {2: 1.5, 4: 1.5, 5: 1.5}
+    assert "text/note/text_summary" in tags["tensors"]
+    note = events.Tensors("text/note/text_summary")[0]
+    assert (note.step, note.tensor_proto.string_val[0].decode()) == (2, "MSE 3.0 dB²")
 
 
 def test_a_failing_summaries_hook_is_logged_not_fatal(tmp_path, caplog):

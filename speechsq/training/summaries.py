@@ -10,6 +10,7 @@ The model hook (docs/ARCHITECTURE.md section 6). A model may define::
             "audio":   {name: (wave, rate)},   # wave (T,) float in [-1, 1], rate in Hz
             "figures": {name: matplotlib.figure.Figure},
             "scalars": {name: float},
+            "text":    {name: str},            # markdown
         }
 
 The trainer calls it at every checkpoint on the main process only, with the model in eval
@@ -32,7 +33,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-MEDIA_KINDS = ("images", "audio", "figures", "scalars")
+MEDIA_KINDS = ("images", "audio", "figures", "scalars", "text")
 
 
 def _array(value: Any) -> np.ndarray:
@@ -74,6 +75,8 @@ def write_media(writer, media: Mapping[str, Mapping[str, Any]], step: int) -> li
                                  sample_rate=int(rate))
             elif kind == "figures":
                 writer.add_figure(tag, value, step, close=True)
+            elif kind == "text":
+                writer.add_text(tag, str(value), step)
             else:
                 writer.add_scalar(tag, float(value), step)
             tags.append(tag)
