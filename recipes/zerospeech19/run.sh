@@ -32,10 +32,10 @@ stage=0                    # first stage to run
 stop_stage=7               # last stage to run
 corpus=""                  # ZeroSpeech 2019 english/ root; empty = embedded corpus
 items=""                   # ABX item file of the test set (default: <corpus>/alignments/test.item)
-corpus_utterances=0        # embedded corpus size (0 = the generator's default)
+corpus_utterances=800      # embedded corpus size (800: 160 test utterances, log-Mel ABX within 0.2 points across corpus seeds)
 corpus_seed=0              # embedded corpus seed
 quantizers="vq_ema sq_gauss1"   # registry names (speechsq.quantizers.list_quantizers())
-vq_sigma2="0.1 1 10"       # decoder variance grid for the VQ family (Table 9: "0.01 0.1 1 10"; "" = config value)
+vq_sigma2="0.1 10"         # decoder variance grid for the VQ family (Table 9: "0.01 0.1 1 10"; "" = config value)
 seeds="1 2 3"              # one model per run and seed
 config=mini                # paper | mini (speechsq/conf/experiment/)
 tag=""                     # experiment tag (default: <config>)
@@ -46,7 +46,7 @@ ngpu=0                     # GPUs for training (0 = CPU; >1 = torchrun data para
 train_steps=""             # override the configuration's number of training steps
 abx_distance=cosine        # ABX frame distance for continuous features
 synth_seeds=first          # speech out (stage 6) for these seeds ("first", "all" or a list; "" = no speech out)
-synth_limit=0              # speech out of the first N utterances of each set only (0 = all: the ZeroSpeech submission)
+synth_limit=""             # speech out of the first N utterances of each set (0 = all, the ZeroSpeech submission; default: 10 on the embedded corpus, else all)
 overrides=""               # extra hydra overrides for training, e.g. "quantizer.num_codes=256"
 
 help_message="Usage: $0 [options]
@@ -59,6 +59,7 @@ cd "$recipe_dir"
 . ./cmd.sh
 
 tag=${tag:-$config}
+if [ -z "$synth_limit" ]; then synth_limit=$([ -z "$corpus" ] && echo 10 || echo 0); fi
 exp=exp/$tag
 # `--stage N` given explicitly redoes those stages; otherwise finished work is skipped.
 redo=${_po_set_stage:-0}
