@@ -25,9 +25,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from numba import njit
+
+if TYPE_CHECKING:  # torch is imported where the torch kernels run: the CPU path never loads it
+    import torch
 
 from speechsq.registry import Registry
 
@@ -114,6 +118,8 @@ def angle(c):
 
 def angle_torch(c: torch.Tensor) -> torch.Tensor:
     """:func:`angle` in torch operations (float64 inside), equal to it bit for bit."""
+    import torch
+
     x = c.double()
     a = x.abs()
     small = a <= 0.5
@@ -178,6 +184,8 @@ def frame_distance_tile(code, rows, cols_t, row_logs, col_logs_t, out):
 
 def frame_distances_torch(code: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(B, n, D)`` x ``(B, m, D)`` float64 frames -> ``(B, n, m)`` float32 distances."""
+    import torch
+
     if code == COSINE:
         return angle_torch(torch.bmm(a, b.transpose(1, 2)).float().clamp(-1.0, 1.0))
     if code == EUCLIDEAN:

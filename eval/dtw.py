@@ -28,9 +28,13 @@ Three implementations of each, which tests hold equal bit for bit on the same in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from numba import njit
+
+if TYPE_CHECKING:  # torch is imported where the torch kernels run: the CPU path never loads it
+    import torch
 
 
 # --------------------------------------------------------------------------- compiled kernels
@@ -160,6 +164,8 @@ def dtw_torch(dist: torch.Tensor, n: torch.Tensor, m: torch.Tensor) -> torch.Ten
     dist: ``(B, N, M)`` float32; ``n``, ``m``: ``(B,)`` true sizes (1..N, 1..M).
     Returns ``(B,)`` float32, equal bit for bit to :func:`dtw_normalised` per pair.
     """
+    import torch
+
     batch, rows, cols = dist.shape
     device = dist.device
     d = dist.permute(1, 2, 0).reshape(rows * cols, batch)  # batch last: diagonals are row slices
@@ -200,6 +206,8 @@ def dtw_torch(dist: torch.Tensor, n: torch.Tensor, m: torch.Tensor) -> torch.Ten
 
 def edit_distance_torch(a: torch.Tensor, b: torch.Tensor, n: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Normalised edit distance of padded integer sequences ``(B, N)``, ``(B, M)`` (float32)."""
+    import torch
+
     batch, rows = a.shape
     cols = b.shape[1]
     device = a.device

@@ -143,6 +143,36 @@ def test_unit_sequences_with_the_edit_distance(tmp_path, backend):
     assert result.scores == {"within-within": 56.25, "within-any": 56.25}
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_within_speaker_aligns_each_pair_once_with_the_earlier_item_as_row(tmp_path, backend):
+    """DTW is not symmetric under its tie rule: for A1 = 0 2 0 and A2 = 1 1 0 2 (1-D frames,
+    |x - y|), dtw(A1 rows, A2 columns) = 1.0 but dtw(A2 rows, A1 columns) = 0.8. The reference
+    aligns the pair once, A1 (earlier in the file) as rows, for X = A1 and X = A2 alike.
+    B = 0.2: d(A1, B) = 2.2 / 3, d(A2, B) = 3.6 / 4 = 0.9. X = A1: 1.0 vs 0.73 wrong; X = A2:
+    1.0 vs 0.9 wrong (0.8 would have been right): error 100 %, not 50 %."""
+    frames = np.array([[0], [2], [0], [1], [1], [0], [2], [0.2]], np.float32)
+    items = ["f 0.0 0.035 a x y s1", "f 0.03 0.075 a x y s1", "f 0.07 0.085 b x y s1"]
+    result = _euclidean_abx(*_write_task(tmp_path, {"f": frames}, items), speaker_modes=("within",),
+                            context_modes=("within",), backend=backend)
+    assert result.scores == {"within-within": 100.0}
+
+
+def test_tiles_chunks_and_batches_do_not_change_the_numbers(tmp_path, monkeypatch):
+    from speechsq.eval import abx_numba, abx_torch
+
+    task = make_synthetic_abx_task(tmp_path, n_items=48, n_speakers=2, n_phones=3, n_words=4, seed=9)
+    reference = {b: compute_abx(task.item_file, task.feature_dir, max_size_group=None, max_x_across=None, backend=b)
+                 for b in BACKENDS}
+    monkeypatch.setattr(abx_numba, "TILE_ENTRIES", 1)  # one X item per tile
+    monkeypatch.setattr(abx_numba, "CHUNK_ALIGNMENTS", 1)  # one cell per kernel call
+    monkeypatch.setattr(abx_torch, "CHUNK_ALIGNMENTS", 1)
+    monkeypatch.setattr(abx_torch, "BATCH_ENTRIES", 1)  # one pair per batch
+    assert reference["numba"].settings["n_alignments"] > 300  # many tiles, chunks and batches
+    for backend in BACKENDS:
+        small = compute_abx(task.item_file, task.feature_dir, max_size_group=None, max_x_across=None, backend=backend)
+        assert small.scores == reference[backend].scores, backend
+
+
 # --------------------------------------------------------------------------- naive reference
 
 
@@ -299,3 +329,36 @@ def test_agrees_with_zerospeech_libriabx2(tmp_path, distance, subsample):
         key = f"{row['abx-s-condition']}-{row['abx-c-condition']}"
         # the reference sums and averages in float32: its numbers carry ~1e-6 points of rounding
         assert ours.scores[key] == pytest.approx(100 * row["score"], abs=1e-4), key
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_device_choice_and_backend_per_device(monkeypatch, tmp_path):
+    import torch
+
+    from speechsq.errors import SpeechsqError
+    from speechsq.eval.abx import default_backend, resolve_device
+
+    assert (default_backend("cpu"), default_backend("cuda"), default_backend("cuda:1")) == ("numba", "torch", "torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(SpeechsqError, match="--device cuda: CUDA is not available on this machine"):
+        resolve_device("cuda")
+    with pytest.raises(SpeechsqError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (resolve_device("auto"), resolve_device("cuda:1")) == ("cuda", "cuda:1")
+    item_file, feat_dir = _two_phone_task(tmp_path, speaker_b_swapped=False)
+    with pytest.raises(SpeechsqError, match="the numba ABX backend runs on the CPU only, not 'cuda'"):
+        compute_abx(item_file, feat_dir, device="cuda", backend="numba")
+
+
+def test_synthetic_units_are_integer_indices_of_the_codebook(tmp_path):
+    task = make_synthetic_abx_task(tmp_path, n_items=40, n_speakers=2, units=8, frame_shift=0.02, phone_frames=(2, 6))
+    arrays = [np.load(path) for path in sorted(task.feature_dir.glob("*.npy"))]
+    assert all(a.dtype == np.int64 and a.ndim == 1 for a in arrays)
+    assert set(np.concatenate(arrays).tolist()) <= set(range(8))
+    assert len(read_item_file(task.item_file)) == task.n_items == 40
+    result = compute_abx(task.item_file, task.feature_dir, frame_shift=0.02, distance="edit")
+    assert result.inputs["n_items_used"] == 40 and result.inputs["empty_items"] == 0

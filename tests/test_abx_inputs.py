@@ -12,7 +12,13 @@ from speechsq.cli import main as speechsq_main
 from speechsq.completion import MARKER, mark_complete
 from speechsq.errors import IncompleteOutputError, MismatchError
 from speechsq.eval.abx import compute_abx
-from speechsq.eval.abx_data import ABXInputError, ItemFileError, read_item_file
+from speechsq.eval.abx_data import (
+    ABXInputError,
+    ItemFileError,
+    item_frame_range,
+    normalize_with_singularity,
+    read_item_file,
+)
 
 HEADER = "#file onset offset #phone prev-phone next-phone speaker"
 
@@ -95,6 +101,19 @@ def test_item_past_the_end_of_its_file_is_an_error_beyond_one_frame_of_tolerance
     with pytest.raises(ItemFileError, match=r"task\.item:4: offset 0\.111 s is past the end of s1_2 in .*feats "
                                              r"\(10 frames = 0\.1 s at 0\.01 s per frame; 1 such items\)"):
         _abx(item_file, feats)
+
+
+def test_frame_slicing_and_normalisation_follow_the_reference():
+    # frame k centred at offset + k * shift; an item keeps [ceil(r (t0 - o) - 1/2), floor(r (t1 - o) - 1/2))
+    assert item_frame_range(0.0, 0.05, 100, 100.0, 0.0) == (0, 4)
+    assert item_frame_range(0.013, 0.052, 100, 100.0, 0.0) == (1, 4)
+    assert item_frame_range(0.5, 2.0, 10, 100.0, 0.0) == (50, 10)  # beyond the file: empty
+    assert item_frame_range(0.0, 0.05, 100, 100.0, 0.005) == (0, 4)
+    assert item_frame_range(0.02, 0.07, 100, 100.0, 0.01) == (1, 5)
+    frames = np.array([[3.0, 4.0], [0.0, 0.0]])
+    # unit norm plus a 1e-12 coordinate; an all-zero frame becomes the reference's singular point
+    expected = np.array([[0.6, 0.8, 1e-12], [1 / np.sqrt(2), 1 / np.sqrt(2), -2e12]], np.float32)
+    np.testing.assert_array_equal(normalize_with_singularity(frames), expected)
 
 
 # --------------------------------------------------------------------------- coverage

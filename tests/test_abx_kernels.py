@@ -150,11 +150,14 @@ def test_frame_distances_on_hand_computed_frames():
     np.testing.assert_array_equal(_tile(COSINE, a, b), np.array([[0.5, 0.0], [angle_of(0.8), angle_of(0.6)]], np.float32))
     euclid = lambda x, y: math.sqrt((x[0] - y[0]) ** 2 + (x[1] - y[1]) ** 2)  # noqa: E731
     np.testing.assert_array_equal(_tile(EUCLIDEAN, a, b), np.array([[euclid(x, y) for y in b] for x in a], np.float32))
-    p, q = np.array([[0.25, 0.75]]), np.array([[0.5, 0.5], [0.25, 0.75]])
-    kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
-    reverse = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
-    np.testing.assert_allclose(_tile(KL, p, q), [[kl, 0.0]], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(_tile(KL_SYMMETRIC, p, q), [[(kl + reverse) / 2, 0.0]], rtol=1e-5, atol=1e-7)
+    # dot products beyond [-1, 1] (unnormalised frames) are clamped: angle 0 and 1
+    np.testing.assert_array_equal(_tile(COSINE, np.array([[1.0, 0.5]]), np.array([[1.0, 0.5], [-1.0, -0.5]])), [[0.0, 1.0]])
+    p, q = np.array([[0.25, 0.75]]), np.array([[0.5, 0.5], [0.25, 0.75], [0.0, 1.0]])
+    log = lambda v: math.log(v + 1e-6)  # noqa: E731  (the reference's epsilon)
+    kl = [sum(p[0, k] * (log(p[0, k]) - log(r[k])) for k in range(2)) for r in q]
+    reverse = [sum(r[k] * (log(r[k]) - log(p[0, k])) for k in range(2)) for r in q]
+    np.testing.assert_array_equal(_tile(KL, p, q), np.array([kl], np.float32))
+    np.testing.assert_array_equal(_tile(KL_SYMMETRIC, p, q), np.array([[(f + r) / 2 for f, r in zip(kl, reverse)]], np.float32))
     # identical frames: exactly zero for every distance (ties between duplicates stay ties)
     for code, frame in [(COSINE, a[1:]), (EUCLIDEAN, a[1:]), (KL, p), (KL_SYMMETRIC, p)]:
         assert _tile(code, frame, frame)[0, 0] == 0.0
