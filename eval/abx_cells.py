@@ -17,10 +17,10 @@ order, so that equal inputs draw equal samples.
 from __future__ import annotations
 
 import random
-from array import array
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from speechsq.eval.abx_data import ABXDataset
 from speechsq.eval.abx_random import sample_indices, state_of
@@ -81,75 +81,125 @@ class Cells:
         return positives * n_b
 
 
-def _runs(dataset: ABXDataset, context_mode: str) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
-    """Items sorted by (context,) speaker, phone (stable), cut into outer groups of phone runs.
+@dataclass
+class _Runs:
+    """Items sorted by (context,) speaker, phone (stable), cut into runs of one phone, the runs
+    grouped by their outer key ((context,) speaker). Positions index ``order``."""
 
-    Returns ``order`` (dataset item index per sorted position) and the groups, each a list of
-    ``(start, end)`` runs of one phone (positions in ``order``).
-    """
+    order: np.ndarray  # dataset item index per sorted position
+    start: np.ndarray  # run r covers positions start[r]:end[r]
+    end: np.ndarray
+    group_ptr: np.ndarray  # runs of group g: group_ptr[g]:group_ptr[g+1]
+    phone: np.ndarray  # per run
+    speaker: np.ndarray
+    context: np.ndarray  # -1 in the ``any`` context mode
+    peers: np.ndarray  # runs of the same (context, phone), in group order, segment by segment
+    peer_ptr: np.ndarray  # segment of run r: peers[peer_ptr[segment_of[r]] : peer_ptr[segment_of[r] + 1]]
+    segment_of: np.ndarray
+
+
+def _runs(dataset: ABXDataset, context_mode: str) -> _Runs:
     keys = [dataset.speaker, dataset.phone] if context_mode == "any" else [dataset.context, dataset.speaker, dataset.phone]
     order = np.lexsort([np.arange(len(dataset))] + keys[::-1])
     sorted_keys = np.stack([k[order] for k in keys], axis=1)
     change = np.flatnonzero(np.any(sorted_keys[1:] != sorted_keys[:-1], axis=1)) + 1
-    starts = np.concatenate([[0], change]).tolist()
-    ends = np.concatenate([change, [len(order)]]).tolist()
-    outer_change = np.any(sorted_keys[1:, :-1] != sorted_keys[:-1, :-1], axis=1) if len(order) else np.zeros(0, bool)
-    groups: list[list[tuple[int, int]]] = []
-    for start, end in zip(starts, ends):
-        if start == 0 or outer_change[start - 1]:
-            groups.append([])
-        groups[-1].append((start, end))
-    return order, groups
+    start = np.concatenate([[0], change]).astype(np.int64)
+    end = np.concatenate([change, [len(order)]]).astype(np.int64)
+    outer = sorted_keys[start, :-1]
+    new_group = np.concatenate([[True], np.any(outer[1:] != outer[:-1], axis=1)])
+    group_ptr = np.concatenate([np.flatnonzero(new_group), [len(start)]]).astype(np.int64)
+    phone = dataset.phone[order[start]]
+    speaker = dataset.speaker[order[start]]
+    context = dataset.context[order[start]] if context_mode == "within" else np.full(len(start), -1, np.int64)
+    # runs of one (context, phone) in group order: a stable sort keeps the groups' order
+    peers = np.lexsort([np.arange(len(start)), phone, context])
+    key = np.stack([context[peers], phone[peers]], axis=1)
+    boundary = np.concatenate([[True], np.any(key[1:] != key[:-1], axis=1)])
+    peer_ptr = np.concatenate([np.flatnonzero(boundary), [len(peers)]]).astype(np.int64)
+    segment_of = np.empty(len(start), np.int64)
+    segment_of[peers] = np.cumsum(boundary) - 1
+    return _Runs(order, start, end, group_ptr, phone, speaker, context, peers.astype(np.int64), peer_ptr, segment_of)
 
 
-class _Sampler:
-    """``random.Random(seed).sample`` draws, made in compiled code (:mod:`.abx_random`)."""
+@njit(cache=True, nogil=True)
+def _take(state, start, end, max_size, fill, out, at, scratch):
+    """The items of one run (all, or ``max_size`` drawn as random.sample draws them), written
+    to ``out[at:]`` when ``fill``; returns how many. Draws either way (see :func:`_walk`)."""
+    size = end - start
+    if max_size >= 0 and size > max_size:
+        sample_indices(state, size, max_size, scratch)
+        if fill:
+            for t in range(max_size):
+                out[at + t] = start + scratch[t]
+        return max_size
+    if fill:
+        for t in range(size):
+            out[at + t] = start + t
+    return size
 
-    def __init__(self, seed: int):
-        self.state = state_of(random.Random(seed))
-        self.out = np.empty(64, np.int64)
 
-    def sample(self, n: int, k: int) -> list[int]:
-        """Indices drawn as ``random.Random.sample(range(n), k)`` would draw them."""
-        if k > len(self.out):
-            self.out = np.empty(k, np.int64)
-        sample_indices(self.state, n, k, self.out)
-        return self.out[:k].tolist()
-
-
-class _CellBuilder:
-    def __init__(self, order: np.ndarray, max_size_group: int | None, sampler: _Sampler):
-        self.order = order
-        self.max_size_group = max_size_group
-        self.sampler = sampler
-        self.lists = {name: array("q") for name in ("a", "b", "x")}
-        self.counts = {name: array("q") for name in ("a", "b", "x")}
-        self.ids = {name: array("q") for name in ("speaker", "phone_a", "phone_b", "context", "speaker_x")}
-
-    def take(self, run: tuple[int, int]):
-        start, end = run
-        if self.max_size_group is not None and end - start > self.max_size_group:
-            return [start + i for i in self.sampler.sample(end - start, self.max_size_group)]
-        return range(start, end)
-
-    def add(self, positions: dict, ids: dict) -> None:
-        for name, pos in positions.items():
-            self.lists[name].extend(pos)
-            self.counts[name].append(len(pos))
-        for name, value in ids.items():
-            self.ids[name].append(value)
-
-    def build(self, symmetric: bool) -> Cells:
-        def flat(name):
-            items = self.order[np.frombuffer(self.lists[name], dtype=np.int64)] if len(self.lists[name]) else np.zeros(0, np.int64)
-            ptr = np.concatenate([[0], np.cumsum(np.frombuffer(self.counts[name], dtype=np.int64))]).astype(np.int64)
-            return items, ptr
-
-        a, a_ptr = flat("a")
-        b, b_ptr = flat("b")
-        x, x_ptr = (a, a_ptr) if symmetric else flat("x")
-        ids = {k: np.frombuffer(v, dtype=np.int64).copy() if len(v) else np.zeros(0, np.int64) for k, v in self.ids.items()}
-        return Cells(symmetric, a, a_ptr, b, b_ptr, x, x_ptr, **ids)
+@njit(cache=True, nogil=True)
+def _walk(within, start, end, group_ptr, phone, speaker, context, peers, peer_ptr, segment_of, max_size, max_x,
+          state, fill, a, a_len, b, b_len, x, x_len, ids):
+    """Enumerate the cells in the reference's order, drawing as it draws; with ``fill``, write
+    them. Returns (cells, A items, B items, X items). Without ``fill`` it only counts, but
+    still draws: which X speakers are drawn decides the X sizes, so a counting pass runs on a
+    copy of the generator. ``ids[k]`` = speaker, phone a, phone b, context, X speaker.
+    """
+    n_cells = n_a = n_b = n_x = 0
+    scratch = np.empty(max(max_size, max_x, 1), np.int64)
+    chosen = np.empty(len(start), np.int64)
+    for g in range(len(group_ptr) - 1):
+        first, last = group_ptr[g], group_ptr[g + 1]
+        if last - first == 1:
+            continue
+        for ra in range(first, last):
+            if within:
+                if end[ra] - start[ra] == 1:
+                    continue  # X is drawn from A: one item leaves nothing to compare with
+                n_chosen = 1
+                chosen[0] = ra
+            else:
+                # X runs: the same (context, phone) by every other speaker, in group order,
+                # at most max_x of them drawn
+                segment = segment_of[ra]
+                n_chosen = 0
+                for p in range(peer_ptr[segment], peer_ptr[segment + 1]):
+                    if speaker[peers[p]] != speaker[ra]:
+                        chosen[n_chosen] = peers[p]
+                        n_chosen += 1
+                if max_x >= 0 and n_chosen > max_x:
+                    sample_indices(state, n_chosen, max_x, scratch)
+                    for t in range(max_x):
+                        scratch[t] = chosen[scratch[t]]
+                    for t in range(max_x):
+                        chosen[t] = scratch[t]
+                    n_chosen = max_x
+            for c in range(n_chosen):
+                rx = chosen[c]
+                for rb in range(first, last):
+                    if rb == ra:
+                        continue
+                    if within:  # the reference draws B before A here, A before B before X across
+                        nb = _take(state, start[rb], end[rb], max_size, fill, b, n_b, scratch)
+                        na = _take(state, start[ra], end[ra], max_size, fill, a, n_a, scratch)
+                        nx = 0
+                    else:
+                        na = _take(state, start[ra], end[ra], max_size, fill, a, n_a, scratch)
+                        nb = _take(state, start[rb], end[rb], max_size, fill, b, n_b, scratch)
+                        nx = _take(state, start[rx], end[rx], max_size, fill, x, n_x, scratch)
+                    if fill:
+                        a_len[n_cells], b_len[n_cells], x_len[n_cells] = na, nb, nx
+                        ids[n_cells, 0] = speaker[ra]
+                        ids[n_cells, 1] = phone[ra]
+                        ids[n_cells, 2] = phone[rb]
+                        ids[n_cells, 3] = context[ra]
+                        ids[n_cells, 4] = speaker[rx]
+                    n_cells += 1
+                    n_a += na
+                    n_b += nb
+                    n_x += nx
+    return n_cells, n_a, n_b, n_x
 
 
 def enumerate_cells(
@@ -160,74 +210,34 @@ def enumerate_cells(
     max_x_across: int | None,
     seed: int,
 ) -> Cells:
-    """All cells of one condition, in the reference's order and with its random draws."""
+    """All cells of one condition, in the reference's order and with its random draws.
+
+    Counted once (on a copy of the generator), then drawn again and written by the same
+    compiled walk.
+    """
     if speaker_mode not in SPEAKER_MODES or context_mode not in CONTEXT_MODES:
         raise ValueError(f"unknown ABX condition speaker={speaker_mode!r} context={context_mode!r}")
-    order, groups = _runs(dataset, context_mode)
-    builder = _CellBuilder(order, max_size_group, _Sampler(seed))
-    phone_of = dataset.phone[order].tolist()
-    speaker_of = dataset.speaker[order].tolist()
-    context_of = dataset.context[order].tolist() if context_mode == "within" else [-1] * len(order)
+    runs = _runs(dataset, context_mode)
+    within = speaker_mode == "within"
+    limits = (-1 if max_size_group is None else int(max_size_group), -1 if max_x_across is None else int(max_x_across))
+    structure = (within, runs.start, runs.end, runs.group_ptr, runs.phone, runs.speaker, runs.context, runs.peers,
+                 runs.peer_ptr, runs.segment_of, *limits)
+    state = state_of(random.Random(seed))
+    empty = np.zeros(0, np.int64)
+    n_cells, n_a, n_b, n_x = _walk(*structure, state.copy(), False, empty, empty, empty, empty, empty, empty,
+                                   np.zeros((0, 5), np.int64))
+    a, b, x = np.empty(n_a, np.int64), np.empty(n_b, np.int64), np.empty(n_x, np.int64)
+    a_len, b_len, x_len = (np.empty(n_cells, np.int64) for _ in range(3))
+    ids = np.empty((n_cells, 5), np.int64)
+    _walk(*structure, state, True, a, a_len, b, b_len, x, x_len, ids)
 
-    if speaker_mode == "within":
-        for runs in groups:
-            if len(runs) == 1:
-                continue
-            for ia, run_a in enumerate(runs):
-                if run_a[1] - run_a[0] == 1:
-                    continue  # X is drawn from A: one item leaves nothing to compare with
-                head = run_a[0]
-                for ib, run_b in enumerate(runs):
-                    if ib == ia:
-                        continue
-                    b = builder.take(run_b)  # the reference draws B before A
-                    a = builder.take(run_a)
-                    builder.add(
-                        {"a": a, "b": b},
-                        {
-                            "speaker": speaker_of[head],
-                            "phone_a": phone_of[head],
-                            "phone_b": phone_of[run_b[0]],
-                            "context": context_of[head],
-                            "speaker_x": speaker_of[head],
-                        },
-                    )
-        return builder.build(True)
+    def ptr(lengths):
+        return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
-    # across speakers: for (context, phone) the runs of every speaker, in sorted order
-    speakers_of_phone: dict[tuple, dict[int, tuple[int, int]]] = {}
-    for runs in groups:
-        for run in runs:
-            head = run[0]
-            speakers_of_phone.setdefault((context_of[head], phone_of[head]), {})[speaker_of[head]] = run
-    for runs in groups:
-        if len(runs) == 1:
-            continue
-        for ia, run_a in enumerate(runs):
-            head = run_a[0]
-            speaker = speaker_of[head]
-            key = (context_of[head], phone_of[head])
-            others = [run for s, run in speakers_of_phone[key].items() if s != speaker]
-            if max_x_across is not None and len(others) > max_x_across:
-                others = [others[i] for i in builder.sampler.sample(len(others), max_x_across)]
-            for run_x in others:
-                for ib, run_b in enumerate(runs):
-                    if ib == ia:
-                        continue
-                    a = builder.take(run_a)
-                    b = builder.take(run_b)
-                    x = builder.take(run_x)
-                    builder.add(
-                        {"a": a, "b": b, "x": x},
-                        {
-                            "speaker": speaker,
-                            "phone_a": key[1],
-                            "phone_b": phone_of[run_b[0]],
-                            "context": key[0],
-                            "speaker_x": speaker_of[run_x[0]],
-                        },
-                    )
-    return builder.build(False)
+    a_ptr = ptr(a_len)
+    x_items, x_ptr = (runs.order[a], a_ptr) if within else (runs.order[x], ptr(x_len))
+    return Cells(within, runs.order[a], a_ptr, runs.order[b], ptr(b_len), x_items, x_ptr,
+                 *(np.ascontiguousarray(ids[:, k]) for k in range(5)))
 
 
 def aggregate(errors: np.ndarray, cells: Cells) -> float | None:

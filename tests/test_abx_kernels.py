@@ -219,3 +219,72 @@ def test_cell_sizes_alignments_and_comparisons(tmp_path):
     assert across.n_alignments().tolist() == [1 * (3 + 2), 2 * (2 + 3), 3 * (1 + 2), 2 * (2 + 1)]
     # chunks end where the running count (5, 15, 24, 30) first passes a multiple of 10
     assert [chunk.tolist() for chunk in across.chunks(alignments_per_chunk=10)] == [[0], [1], [2, 3]]
+
+
+def _reference_cells(dataset, speaker_mode, context_mode, max_size_group, max_x_across, seed):
+    """The cells as the reference's iterators build them, in plain Python with random.sample:
+    items sorted by (context,) speaker, phone; within speaker B is drawn before A, across A,
+    B, then X, after drawing at most max_x_across X speakers per A run."""
+    rng = random.Random(seed)
+    keys = [dataset.speaker, dataset.phone] if context_mode == "any" else [dataset.context, dataset.speaker, dataset.phone]
+    order = sorted(range(len(dataset)), key=lambda i: tuple(int(k[i]) for k in keys) + (i,))
+    groups: dict[tuple, dict[int, list[int]]] = {}
+    for position, i in enumerate(order):
+        outer = tuple(int(k[i]) for k in keys[:-1])
+        groups.setdefault(outer, {}).setdefault(int(dataset.phone[i]), []).append(position)
+
+    def take(run):
+        if max_size_group is not None and len(run) > max_size_group:
+            return rng.sample(run, k=max_size_group)
+        return list(run)
+
+    cells = []
+    context_of = (lambda outer: outer[0]) if context_mode == "within" else (lambda outer: -1)
+    if speaker_mode == "within":
+        for outer, runs in groups.items():
+            for pa, run_a in runs.items():
+                if len(runs) == 1 or len(run_a) == 1:
+                    continue
+                for pb, run_b in runs.items():
+                    if pb != pa:
+                        b, a = take(run_b), take(run_a)
+                        cells.append((a, b, a, outer[-1], pa, pb, context_of(outer), outer[-1]))
+        return order, cells
+    by_phone: dict[tuple, list[tuple[int, list[int]]]] = {}
+    for outer, runs in groups.items():
+        for phone, run in runs.items():
+            by_phone.setdefault((context_of(outer), phone), []).append((outer[-1], run))
+    for outer, runs in groups.items():
+        if len(runs) == 1:
+            continue
+        for pa, run_a in runs.items():
+            others = [(s, run) for s, run in by_phone[(context_of(outer), pa)] if s != outer[-1]]
+            if max_x_across is not None and len(others) > max_x_across:
+                others = rng.sample(others, k=max_x_across)
+            for speaker_x, run_x in others:
+                for pb, run_b in runs.items():
+                    if pb != pa:
+                        a, b, x = take(run_a), take(run_b), take(run_x)
+                        cells.append((a, b, x, outer[-1], pa, pb, context_of(outer), speaker_x))
+    return order, cells
+
+
+@pytest.mark.parametrize("limits", [(None, None), (3, 1), (2, None), (None, 2), (10, 5)])
+def test_cells_and_draws_equal_a_plain_python_enumeration(tmp_path, limits):
+    from speechsq.eval.abx_synthetic import make_synthetic_abx_task
+    from speechsq.eval.abx_data import find_feature_files
+
+    task = make_synthetic_abx_task(tmp_path, n_items=300, n_speakers=4, n_phones=4, n_words=5, seed=12)
+    dataset = build_dataset(read_item_file(task.item_file), find_feature_files(task.feature_dir), frame_shift=0.01)
+    for speaker_mode, context_mode in itertools.product(("within", "across"), ("within", "any")):
+        cells = enumerate_cells(dataset, speaker_mode, context_mode, *limits, seed=5)
+        order, expected = _reference_cells(dataset, speaker_mode, context_mode, *limits, seed=5)
+        got = [
+            (cells.a[cells.a_ptr[k] : cells.a_ptr[k + 1]].tolist(), cells.b[cells.b_ptr[k] : cells.b_ptr[k + 1]].tolist(),
+             cells.x[cells.x_ptr[k] : cells.x_ptr[k + 1]].tolist(), cells.speaker[k], cells.phone_a[k], cells.phone_b[k],
+             cells.context[k], cells.speaker_x[k])
+            for k in range(len(cells))
+        ]
+        as_items = [([order[p] for p in a], [order[p] for p in b], [order[p] for p in x], *ids) for a, b, x, *ids in expected]
+        assert got == as_items, (speaker_mode, context_mode)
+        assert len(got) > 0
