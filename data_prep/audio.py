@@ -8,13 +8,29 @@ Every way a file can be unusable maps to one :class:`AudioProblem` with a short 
   silently reads what is there, so a truncated corpus would otherwise go unnoticed);
 * :func:`load_wav` reads the samples and additionally rejects silent and non-finite signals
   (the ZeroSpeech reference divides by the peak, so a silent file would become NaN features).
+
+Silence is defined on the 16-bit integer scale, where a recording's noise floor lives: a
+signal is **silent** when its RMS is at most :data:`SILENT_RMS_LSB` = 8 LSB of 16-bit audio
+(8 / 32768, -72.2 dBFS). That catches digital zero, a file of +-1 LSB dither (what a
+"silent" wav from a DAW or a resampler holds) and anything else at the 16-bit noise floor,
+which peak normalisation would otherwise blow up into full-scale noise; quiet speech is far
+above it (speech peaking at -50 dBFS still has an RMS around 25 LSB). The RMS never exceeds
+the peak, so a peak of 8 LSB or less is always silent.
+
+Input of any format and layout (for ``extract --wav`` and ``resynthesize``):
+:func:`discover_audio` finds the audio files of a file or folder (every format libsndfile
+reads, extensions in any case, duplicate utterance ids refused), :func:`read_audio` loads one
+as mono at a target rate and says what it converted (:class:`Conversion`), and
+:class:`AudioSummary` counts the conversions for logs and reports.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import struct
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +40,10 @@ from speechsq.errors import SpeechsqError
 
 log = logging.getLogger(__name__)
 
-# Peak below which a float signal in [-1, 1] counts as silent. One LSB of 16-bit audio is
-# 3.05e-5, so this only catches all-zero (or all-denormal) files, never quiet speech.
-SILENCE_PEAK = 1e-6
+# One least significant bit of 16-bit audio on the float scale [-1, 1).
+LSB_16BIT = 1.0 / 32768.0
+# A signal whose RMS is at most this many 16-bit LSBs is silent (-72.2 dBFS; module docstring).
+SILENT_RMS_LSB = 8
 
 
 class AudioProblem(SpeechsqError, ValueError):
@@ -120,15 +137,26 @@ def inspect_wav(
         return _check_header(path, f, expected_sample_rate, require_mono, min_duration)
 
 
+def rms_lsb(wav: np.ndarray) -> float:
+    """Root mean square of a float signal in units of one 16-bit LSB (float64 accumulation)."""
+    wav = np.asarray(wav, dtype=np.float64)
+    return float(np.sqrt(np.mean(np.square(wav)))) / LSB_16BIT
+
+
 def check_signal(path: str | Path, wav: np.ndarray) -> None:
-    """Content checks on loaded samples: finite and not silent."""
+    """Content checks on loaded samples: finite and not silent (RMS <= :data:`SILENT_RMS_LSB`)."""
     if wav.size == 0:
         raise AudioProblem(path, "empty", "no samples")
     if not np.all(np.isfinite(wav)):
         raise AudioProblem(path, "non-finite", "samples contain NaN or inf")
-    peak = float(np.max(np.abs(wav)))
-    if peak < SILENCE_PEAK:
-        raise AudioProblem(path, "silent", f"peak amplitude {peak:.3g} (peak normalisation would give NaN)")
+    rms = rms_lsb(wav)
+    if rms <= SILENT_RMS_LSB:
+        peak = float(np.max(np.abs(wav))) / LSB_16BIT
+        raise AudioProblem(
+            path, "silent",
+            f"RMS {rms:.2f} LSB, peak {peak:.0f} LSB of 16-bit audio (silence: RMS <= {SILENT_RMS_LSB} LSB, "
+            "-72.2 dBFS); peak normalisation would turn it into loud noise",
+        )
 
 
 def load_wav(
@@ -200,3 +228,183 @@ def to_mono_at_rate(wav: np.ndarray, sample_rate: int, target_rate: int,
         wav = librosa.resample(wav.astype(np.float32, copy=False), orig_sr=int(sample_rate),
                                target_sr=int(target_rate), res_type=resample_type)
     return wav, conversion
+
+
+# ------------------------------------------------------------------------ any audio input
+class AudioInputError(SpeechsqError, ValueError):
+    """A file or folder given as audio input cannot be used as a whole (missing, no audio
+    files, two files that would give the same utterance id)."""
+
+
+# libsndfile format -> file extensions (lower case, no dot). ``.mat`` and ``.htk`` are left
+# out: in speech folders they are almost always features or matrices, not audio. A file given
+# by name is read whatever its extension.
+FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "WAV": ("wav", "wave"), "WAVEX": ("wav",), "RF64": ("rf64",), "W64": ("w64",), "FLAC": ("flac",),
+    "OGG": ("ogg", "oga", "opus"), "MP3": ("mp3",), "AIFF": ("aiff", "aif", "aifc"), "AU": ("au", "snd"),
+    "CAF": ("caf",), "NIST": ("sph", "nist"), "IRCAM": ("sf",), "VOC": ("voc",), "SD2": ("sd2",),
+    "PAF": ("paf",), "PVF": ("pvf",), "XI": ("xi",), "AVR": ("avr",), "WVE": ("wve",), "MPC2K": ("mpc",),
+    "SVX": ("svx", "8svx", "iff"), "SDS": ("sds",),
+}
+
+
+def audio_extensions() -> frozenset[str]:
+    """Extensions (lower case, with the dot) of every format the installed libsndfile reads."""
+    available = sf.available_formats()
+    return frozenset(f".{ext}" for fmt, exts in FORMAT_EXTENSIONS.items() if fmt in available for ext in exts)
+
+
+def utterance_id(path: Path) -> str:
+    """The utterance id of an audio file: its stem, whitespace runs replaced by ``_`` (ids are
+    the first field of space-separated tables such as ``units.txt``)."""
+    return re.sub(r"\s+", "_", path.stem.strip()) or "_"
+
+
+def discover_audio(path: str | Path) -> dict[str, Path]:
+    """``utt -> file`` for one audio file or every audio file under a folder (recursively).
+
+    Folders: files whose extension (any case: ``.WAV`` too) is one libsndfile reads
+    (:func:`audio_extensions`); hidden files (``.name``, e.g. macOS ``._x.wav``) are ignored.
+    A single file is taken whatever its extension. Two files with the same utterance id (the
+    same stem in different subfolders) are an :class:`AudioInputError` naming both, since
+    they would silently become one utterance. Sorted by utterance id.
+    """
+    path = Path(path)
+    if path.is_file():
+        return {utterance_id(path): path}
+    if not path.exists():
+        raise AudioInputError(f"{path} does not exist (give an audio file or a folder of audio files)")
+    extensions = audio_extensions()
+    found: dict[str, Path] = {}
+    for candidate in sorted(path.rglob("*")):
+        if candidate.name.startswith(".") or candidate.suffix.lower() not in extensions or not candidate.is_file():
+            continue
+        utt = utterance_id(candidate)
+        if utt in found:
+            raise AudioInputError(
+                f"{found[utt]} and {candidate} would both be utterance {utt!r}; rename one of them "
+                "(utterance ids are file names without extension, whatever the subfolder)"
+            )
+        found[utt] = candidate
+    if not found:
+        shown = ", ".join(sorted(extensions)[:8])
+        raise AudioInputError(f"no audio files under {path} (looked for {shown}, ... in any case)")
+    return dict(sorted(found.items()))
+
+
+@dataclass(frozen=True)
+class LoadedAudio:
+    """A file read by :func:`read_audio`: mono float32 samples at the target rate, and what
+    was converted to get there."""
+
+    path: str
+    wav: np.ndarray
+    conversion: Conversion
+
+
+def read_audio(path: str | Path, target_rate: int, resample_type: str = "soxr_hq") -> LoadedAudio:
+    """Read any libsndfile format as mono at ``target_rate``; unusable files raise
+    :class:`AudioProblem` (``missing``, ``not-audio``, ``truncated``, ``empty``, ``silent``,
+    ``non-finite``). Several channels are averaged and other rates resampled; the returned
+    :class:`Conversion` says so (log it: nothing is converted silently). Silence is judged
+    on the mono mix at the original rate, before resampling."""
+    path = Path(path)
+    with _open(path) as f:
+        info = _check_header(path, f, None, False, 0.0)
+        try:
+            frames = f.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioProblem(path, "not-audio", f"cannot decode samples ({err})") from None
+    if len(frames) < info.frames:
+        raise AudioProblem(path, "truncated", f"read {len(frames)} of {info.frames} samples")
+    mono, _ = to_mono_at_rate(frames, info.sample_rate, info.sample_rate)
+    check_signal(path, mono)
+    wav, _ = to_mono_at_rate(mono, info.sample_rate, target_rate, resample_type)
+    conversion = Conversion(info.channels, info.sample_rate, int(target_rate))
+    return LoadedAudio(str(path), np.asarray(wav, dtype=np.float32), conversion)
+
+
+def header_sample_rates(files: dict[str, Path]) -> dict[str, int]:
+    """``utt -> sample rate`` from the headers (files libsndfile cannot open are left out:
+    reading them later reports them with a reason)."""
+    rates = {}
+    for utt, path in files.items():
+        try:
+            rates[utt] = int(sf.info(str(path)).samplerate)
+        except (sf.LibsndfileError, RuntimeError, TypeError, OSError):
+            continue
+    return rates
+
+
+def refuse_other_rates(files: dict[str, Path], expected_rates: set[int] | frozenset[int], what: str) -> None:
+    """``--strict-sample-rate``: fail (before any work) when a file is not at an expected rate,
+    with counts by rate and an example file."""
+    from speechsq.errors import MismatchError
+
+    rates = header_sample_rates(files)
+    other = {utt: rate for utt, rate in rates.items() if rate not in expected_rates}
+    if other:
+        by_rate = Counter(other.values())
+        example = files[sorted(other)[0]]
+        counts = ", ".join(f"{rate} Hz: {n}" for rate, n in sorted(by_rate.items()))
+        expected = " or ".join(f"{rate} Hz" for rate in sorted(expected_rates))
+        raise MismatchError(
+            f"{what}: {len(other)} of {len(files)} files are not at {expected} ({counts}; e.g. {example}); "
+            "resample them, or drop --strict-sample-rate to have them resampled and listed"
+        )
+
+
+@dataclass
+class AudioSummary:
+    """Counts of what :func:`read_audio` converted over many files (logs and report files).
+
+    ``expected_rates``: rates the pipeline takes as they are or resamples by design (the
+    corpus's own rate, e.g. VCTK's 48 kHz for the 24 kHz pipeline); a file at any other rate
+    is resampled *with a note*, and so is every file mixed down from several channels.
+    """
+
+    target_rate: int
+    expected_rates: tuple[int, ...]
+    by_sample_rate: Counter = field(default_factory=Counter)
+    by_channels: Counter = field(default_factory=Counter)
+    notes: dict[str, str] = field(default_factory=dict)  # utt -> what was done (noteworthy files only)
+
+    def add(self, utt: str, conversion: Conversion) -> str | None:
+        """Count one file; returns the note to log for it (None when nothing noteworthy)."""
+        self.by_sample_rate[conversion.sample_rate] += 1
+        self.by_channels[conversion.channels] += 1
+        unexpected_rate = conversion.resampled and conversion.sample_rate not in self.expected_rates
+        if not (unexpected_rate or conversion.mixed_down):
+            return None
+        self.notes[utt] = conversion.describe()
+        return self.notes[utt]
+
+    @property
+    def resampled_unexpected(self) -> int:
+        return sum(n for rate, n in self.by_sample_rate.items() if rate not in self.expected_rates)
+
+    @property
+    def mixed_down(self) -> int:
+        return sum(n for channels, n in self.by_channels.items() if channels > 1)
+
+    def describe(self) -> str:
+        """One line for the command's summary."""
+        total = sum(self.by_sample_rate.values())
+        rates = ", ".join(f"{rate} Hz: {n}" for rate, n in sorted(self.by_sample_rate.items()))
+        line = f"{total} audio files by sample rate ({rates})"
+        if self.resampled_unexpected:
+            line += f"; {self.resampled_unexpected} resampled to {self.target_rate} Hz from a rate this pipeline does not expect"
+        if self.mixed_down:
+            line += f"; {self.mixed_down} mixed down to mono"
+        return line
+
+    def to_dict(self) -> dict:
+        return {
+            "target_rate": self.target_rate,
+            "expected_rates": list(self.expected_rates),
+            "by_sample_rate": {str(rate): n for rate, n in sorted(self.by_sample_rate.items())},
+            "by_channels": {str(ch): n for ch, n in sorted(self.by_channels.items())},
+            "resampled_unexpected_rate": self.resampled_unexpected,
+            "mixed_down": self.mixed_down,
+            "notes": dict(sorted(self.notes.items())),
+        }

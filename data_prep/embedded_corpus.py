@@ -48,7 +48,9 @@ import soxr
 from tqdm import tqdm
 
 from speechsq.data_prep.alignments import SILENCE, PhoneSegment, items_from_alignments, write_alignments, write_items
+from speechsq.data_prep.argtypes import positive_int
 from speechsq.data_prep.espeak import Espeak, VoiceSpec
+from speechsq.data_prep.staging import OutputDirError
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +266,12 @@ def make_corpus(out: str | Path, seed: int = 0, layout: str = "zerospeech19",
     """Synthesise the corpus into ``out`` (built in ``<out>.partial`` and renamed when complete)."""
     start = time.perf_counter()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; remove it or choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputDirError(f"{out} exists and is not empty; remove it or choose another --out")
     if layout not in PLANS:
         raise ValueError(f"unknown layout {layout!r}; known: {', '.join(PLANS)}")
+    if n_utterances < 1:
+        raise ValueError(f"n_utterances must be >= 1, got {n_utterances}")
     jobs = PLANS[layout](seed, n_utterances, load_sentences())
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -320,16 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="corpus root to create (must not exist or be empty)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (sentences, prosody jitter, file ids)")
     parser.add_argument("--layout", choices=sorted(PLANS), default="zerospeech19", help="corpus layout")
-    parser.add_argument("--utterances", type=int, default=DEFAULT_UTTERANCES,
+    parser.add_argument("--utterances", type=positive_int, default=DEFAULT_UTTERANCES,
                         help=f"approximate number of utterances (default {DEFAULT_UTTERANCES})")
-    parser.add_argument("--nj", type=int, default=max(1, min(4, os.cpu_count() or 1)), help="worker processes")
+    parser.add_argument("--nj", type=positive_int, default=max(1, min(4, os.cpu_count() or 1)), help="worker processes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        summary = make_corpus(args.out, args.seed, args.layout, args.utterances, args.nj)
-    except FileExistsError as err:
-        log.error("%s", err)
-        return 1
+    summary = make_corpus(args.out, args.seed, args.layout, args.utterances, args.nj)
     print(f"{summary.utterances} utterances, {summary.hours * 60:.1f} min of audio, layout {summary.layout}, "
           f"seed {summary.seed} -> {summary.root} ({summary.seconds:.1f} s)")
     return 0

@@ -119,6 +119,17 @@ class KaldiDataDir:
         return cls(wav_scp, utt2spk, text, segments, path=directory)
 
 
+def data_dir_utterances(directory: str | Path) -> list[str]:
+    """The utterances of a data dir (its ``utt2spk``), C-sorted; a clear error when the
+    directory or its utt2spk is missing."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataDirError(f"{directory}: no such data directory")
+    if not (directory / "utt2spk").is_file():
+        raise DataDirError(f"{directory}: missing utt2spk (not a Kaldi data dir)")
+    return c_sorted(read_table(directory / "utt2spk"))
+
+
 def _write_table(path: Path, table: dict[str, str]) -> None:
     """Write ``key value`` lines in C order, atomically (temp file + rename)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -256,6 +267,7 @@ def validate_data_dir(directory: str | Path, check_audio: bool = False) -> Valid
             report.warnings.append(f"text lacks {len(missing)} utterances: {_sample(missing)}")
 
     _validate_abx_files(directory, utt2spk, report)
+    _validate_marker(directory, utt2spk, report)
 
     if check_audio:
         from speechsq.data_prep.audio import AudioProblem, inspect_wav
@@ -268,6 +280,22 @@ def validate_data_dir(directory: str | Path, check_audio: bool = False) -> Valid
             except AudioProblem as err:
                 report.errors.append(f"wav.scp: {rec}: {err.reason}: {err.detail}")
     return report
+
+
+def _validate_marker(directory: Path, utt2spk: dict[str, str], report: ValidationReport) -> None:
+    """A data dir written by prepare-data carries ``complete.json``; its utterances must still
+    be those of utt2spk (a warning: editing a data dir by hand is legitimate in Kaldi)."""
+    from speechsq.completion import read_completion
+    from speechsq.errors import IncompleteOutputError
+
+    try:
+        marker = read_completion(directory)
+    except IncompleteOutputError as err:
+        report.warnings.append(str(err))
+        return
+    if marker is not None and not marker.matches(utt2spk):
+        report.warnings.append(f"complete.json lists {marker.count} utterances, utt2spk {len(utt2spk)}: "
+                               "the data dir was changed after it was written")
 
 
 def _validate_abx_files(directory: Path, utt2spk: dict[str, str], report: ValidationReport) -> None:
@@ -305,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also open every wav header (missing, truncated, stereo, ... files)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    missing = [d for d in args.data_dirs if not Path(d).is_dir()]
+    if missing:
+        raise DataDirError(f"{missing[0]}: no such data directory" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     ok = True
     for directory in args.data_dirs:
         report = validate_data_dir(directory, check_audio=args.check_audio)

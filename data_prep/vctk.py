@@ -19,7 +19,7 @@ import numpy as np
 
 from speechsq.data_prep.corpus import CORPORA, CorpusFile, CorpusLayout, SkippedFile, SubsetListing, require_dir
 
-FILE_NAME = re.compile(r"^(?P<spk>[A-Za-z0-9]+)_(?P<num>\d+)\.wav$")
+FILE_NAME = re.compile(r"(?P<spk>[A-Za-z0-9]+)_(?P<num>[0-9]+)\.wav")  # fullmatch; ASCII classes, not \d
 TEST_FRACTION = 0.1
 
 
@@ -61,7 +61,7 @@ class VCTK080(CorpusLayout):
             for path in sorted(spk_dir.iterdir()):
                 if path.is_dir() or path.suffix.lower() != ".wav":
                     continue
-                match = FILE_NAME.match(path.name)
+                match = FILE_NAME.fullmatch(path.name)
                 if match is None or match["spk"] != speaker:
                     train.skipped.append(SkippedFile(str(path), "bad-name", f"expected {speaker}_<nnn>.wav"))
                     continue

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from speechsq.data_prep.corpus import CORPORA, CorpusFile, CorpusLayout, SkippedFile, SubsetListing, require_dir
 
-FILE_NAME = re.compile(r"^(?P<spk>[A-Za-z0-9]{4})_(?P<num>\d{10})\.wav$")
+# Explicit ASCII classes: ``\d`` (and str.isdigit) also accept Arabic-Indic and other Unicode digits.
+FILE_NAME = re.compile(r"(?P<spk>[A-Za-z0-9]{4})_(?P<num>[0-9]{10})\.wav")  # used with fullmatch
 
 # set name -> folders (relative to the english/ root) that make it up
 SUBSETS: dict[str, tuple[str, ...]] = {
@@ -45,7 +46,7 @@ def abx_extras(set_name: str) -> dict[str, str]:
 
 def parse_file_name(name: str) -> tuple[str, str] | None:
     """``V001_0123456789.wav`` -> (``V001``, ``V001_0123456789``); None if it does not parse."""
-    match = FILE_NAME.match(name)
+    match = FILE_NAME.fullmatch(name)
     if match is None:
         return None
     return match["spk"], name[: -len(".wav")]

@@ -22,6 +22,16 @@ Writes ``<exp-dir>/eval/metrics.json`` (or ``--out``), a flat dict read by
   (``speechsq extract``), or else over the MSE utterances encoded on the fly.
 * ABX: the extracted continuous codes (``--abx-features z_q``, default), the encoder
   output (``z_e``) or the unit indices (``indices``, edit distance) on ``--items``.
+
+Nothing incomplete or mismatched is scored (:mod:`speechsq.eval.inputs`): ``--units`` must be
+complete and extracted with ``--checkpoint`` (same file content); ``--mse-feats`` and
+``--baseline-feats`` must be complete feature dirs, ``--mse-feats`` of ``--mse-data``; every
+file of ``--items`` must be in the units (or features), except files left out upstream as
+unusable, whose items are dropped and counted (``abx_items_dropped``); ``--probe-data`` must
+hold the units' utterances. NaN/Inf in features or units stop the run naming the utterance.
+The evaluation dir (``<exp-dir>/eval``) loses its completion marker when the run starts and
+gets it back (kind ``eval``, with the checkpoint and inputs) only after ``metrics.json`` is
+written; ``speechsq report`` refuses runs without it.
 """
 
 from __future__ import annotations
@@ -29,10 +39,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from speechsq.completion import atomic_write_json, begin, mark_complete
+from speechsq.data_prep.argtypes import positive_int
+from speechsq.eval.inputs import EvalInputError
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +60,6 @@ def _abx_summary(result) -> dict:
         "abx_across": result.scores.get("across-within"),
         "abx": result.to_dict(),
     }
-
-
-def _read_unit_dir(units: Path, sub: str) -> dict[str, np.ndarray]:
-    folder = units / sub
-    files = sorted(folder.glob("*.npy"))
-    if not files:
-        raise FileNotFoundError(f"no {sub}/*.npy under {units}; run `speechsq extract` first")
-    return {f.stem: np.load(f) for f in files}
 
 
 def _dB_scale(cfg, n_mels: int, feats_dir: str | None, cmvn_path: str | None):
@@ -70,62 +77,88 @@ def _dB_scale(cfg, n_mels: int, feats_dir: str | None, cmvn_path: str | None):
         for candidate in candidates:
             if candidate and Path(candidate).is_file():
                 return db_scale(n_mels, cmvn_std=Cmvn.load(candidate).std), candidate
-        raise FileNotFoundError(f"standardised features: no cmvn.npz found (tried {candidates}); pass --cmvn")
+        raise EvalInputError(f"standardised features: no cmvn.npz found (tried {candidates}); pass --cmvn")
     top_db = pre.get("top_db")
     if top_db is None:
-        raise ValueError("preprocessing.top_db is not set and the features are not standardised: no dB scale")
+        raise EvalInputError("preprocessing.top_db is not set and the features are not standardised: no dB scale")
     return db_scale(n_mels, top_db=float(top_db)), None
 
 
-def evaluate_run(args) -> dict:
+def evaluate_run(args, out_dir: Path) -> dict:
+    """Every metric the options ask for (see the module docstring); ``out_dir`` receives
+    ``code_usage.png`` and, when items had to be dropped, ``items.used``."""
     from speechsq.eval.abx import compute_abx
     from speechsq.eval.bitrate import compute_bitrate
     from speechsq.eval.codebook import codebook_stats, plot_code_usage
     from speechsq.eval.extract import DOWNSAMPLING, encode_batches, feature_frame_shift, num_codes_of, resolve_device
+    from speechsq.eval.inputs import checkpoint_identity, items_for, read_unit_arrays, require_units
+    from speechsq.features import require_features
 
     metrics: dict = {}
-    out_dir = Path(args.out).parent if args.out else Path(args.exp_dir) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     if args.baseline_feats:
-        from speechsq.features import FeatureReader
-
         if not args.items:
-            raise SystemExit("speechsq evaluate: --baseline-feats needs --items")
+            raise EvalInputError("--baseline-feats needs --items (the ABX item file of those features' set)")
+        feats = require_features(args.baseline_feats)
+        items, dropped = items_for(args.items, feats, feats.skipped(), f"the features {args.baseline_feats}",
+                                   out_dir / "items.used")
         result = compute_abx(
-            args.items, FeatureReader(args.baseline_feats), frame_shift=args.baseline_frame_shift,
+            items, feats, frame_shift=args.baseline_frame_shift,
             distance=args.abx_distance, context_modes=("within",),
         )
         metrics.update(_abx_summary(result))
-        metrics["model"] = "log-Mel baseline"
+        metrics.update({"model": "log-Mel baseline", "abx_items_dropped": dropped})
         return metrics
 
     if not args.checkpoint:
-        raise SystemExit("speechsq evaluate: --checkpoint is required (or --baseline-feats)")
+        raise EvalInputError("--checkpoint is required (or --baseline-feats for the log-Mel baseline)")
+    if not Path(args.checkpoint).is_file():
+        raise EvalInputError(f"{args.checkpoint}: no such checkpoint file")
+    if args.probe_ali and not (args.units and args.probe_data):
+        raise EvalInputError("--probe-ali needs --units and --probe-data (for utt2spk)")
+    if args.items and not args.units:
+        raise EvalInputError("--items needs --units (the output of `speechsq extract` on the items' set)")
     from speechsq.training import load_model
 
+    identity = checkpoint_identity(args.checkpoint)
+    units = require_units(args.units, identity) if args.units else None  # before any work
     device = resolve_device(args.device)
     model, cfg = load_model(args.checkpoint, device=device)
     num_codes = num_codes_of(model)
     unit_shift = feature_frame_shift(cfg) * DOWNSAMPLING
-    metrics.update({"checkpoint": str(args.checkpoint), "quantizer": str(cfg["quantizer"]["name"]), "seed": cfg.get("seed")})
+    if units is not None and units.frame_shift is not None and not math.isclose(units.frame_shift, unit_shift):
+        from speechsq.errors import MismatchError
+
+        raise MismatchError(f"{units.described} have a frame shift of {units.frame_shift} s, the checkpoint's "
+                            f"units {unit_shift} s; run `speechsq extract` again")
+    metrics.update({"checkpoint": str(args.checkpoint), "checkpoint_sha256": identity["checkpoint_sha256"],
+                    "checkpoint_step": identity["checkpoint_step"], "quantizer": str(cfg["quantizer"]["name"]),
+                    "seed": cfg.get("seed")})
 
     indices: dict[str, np.ndarray] | None = None
     if args.mse_data:
         from speechsq.eval.mse import evaluate_mse, read_eval_list
-        from speechsq.features import FeatureReader
+        from speechsq.eval.inputs import check_utterances
 
-        feats = FeatureReader(args.mse_feats or args.mse_data)
+        feats_dir = args.mse_feats or args.mse_data
+        feats = require_features(feats_dir, data_dir=args.mse_data)
+        skipped = feats.skipped()
         scale, cmvn_used = _dB_scale(cfg, model.n_mels, args.mse_feats, args.cmvn)
         pairs = read_eval_list(args.mse_data, args.eval_list)
+        left_out = check_utterances([u for u, _ in pairs], feats, skipped, args.eval_list or args.mse_data,
+                                    f"the features {feats_dir}")
+        if left_out:
+            log.warning("MSE: %d utterances of %s have no features (skipped by compute-feats) and are not scored",
+                        len(left_out), args.mse_data)
+        pairs = [(u, s) for u, s in pairs if u not in left_out]
         mse = evaluate_mse(model, feats, pairs, scale, args.batch_size, device, trim=args.trim, progress=not args.no_progress)
         metrics["mse_db2"] = mse.mse_db2
-        metrics["mse"] = {**mse.to_dict(), "trim": args.trim, "cmvn": cmvn_used}
-        if not args.units:
+        metrics["mse"] = {**mse.to_dict(), "trim": args.trim, "cmvn": cmvn_used, "no_features": len(left_out)}
+        if units is None:
             indices = {e.utt: e.indices for e in encode_batches(model, feats, [u for u, _ in pairs], args.batch_size, device, False)}
 
-    if args.units:
-        indices = _read_unit_dir(Path(args.units), "indices")
+    if units is not None:
+        indices = read_unit_arrays(units, "indices")
     if indices:
         stats = codebook_stats(indices.values(), num_codes)
         rate = compute_bitrate(indices, frame_shift=unit_shift)
@@ -134,21 +167,24 @@ def evaluate_run(args) -> dict:
         metrics["bitrate_detail"] = rate.to_dict()
         plot_code_usage(np.asarray(stats.counts), out_dir / "code_usage.png", title=metrics["quantizer"])
 
-    if args.units and args.items:
+    if units is not None and args.items:
         sub = args.abx_features
-        features = _read_unit_dir(Path(args.units), sub)
+        items, dropped = items_for(args.items, units.utterances, units.left_out, units.described, out_dir / "items.used")
+        features = read_unit_arrays(units, sub)
         distance = "edit" if sub == "indices" else args.abx_distance
-        result = compute_abx(args.items, features, frame_shift=unit_shift, distance=distance, context_modes=("within",))
+        result = compute_abx(items, features, frame_shift=unit_shift, distance=distance, context_modes=("within",))
         metrics.update(_abx_summary(result))
+        metrics["abx_items_dropped"] = dropped
 
     if args.probe_ali:
         from speechsq.data_prep.alignments import read_alignments
-        from speechsq.data_prep.kaldi_dir import read_table
+        from speechsq.data_prep.kaldi_dir import data_dir_utterances, read_table
+        from speechsq.eval.inputs import check_utterances
         from speechsq.eval.probes import speech_probes
 
-        if not args.units or not args.probe_data:
-            raise SystemExit("speechsq evaluate: --probe-ali needs --units and --probe-data (for utt2spk)")
-        z = _read_unit_dir(Path(args.units), "z_e")
+        check_utterances(units.utterances, data_dir_utterances(args.probe_data), (), units.described,
+                         f"--probe-data {args.probe_data}")
+        z = read_unit_arrays(units, "z_e")
         probes = speech_probes(z, read_table(Path(args.probe_data) / "utt2spk"), read_alignments(args.probe_ali), unit_shift)
         metrics["probes"] = probes.to_dict()
     return metrics
@@ -172,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-frame-shift", type=float, default=0.01)
     p.add_argument("--probe-data", help="data dir with utt2spk for the probes")
     p.add_argument("--probe-ali", help="phone alignments (data/<set>/ali) for the phone probe")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", default="auto", help="CPU threads (default: SPEECHSQ_THREADS/OMP_NUM_THREADS or all cores)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -181,10 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    metrics = evaluate_run(args)
+    from speechsq.threads import configure_threads
+
+    configure_threads(args.threads)
     out = Path(args.out) if args.out else Path(args.exp_dir) / "eval" / "metrics.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    out_dir = begin(out.parent)  # from now on the old results no longer look complete
+    metrics = evaluate_run(args, out_dir)
+    atomic_write_json(out, metrics)
+    written = [out.name] + (["code_usage.png"] if (out_dir / "code_usage.png").is_file() else [])
+    inputs = {key: getattr(args, key) for key in ("units", "items", "mse_data", "mse_feats", "baseline_feats", "probe_data")}
+    mark_complete(out_dir, "eval", written, producer="speechsq evaluate", metrics=out.name,
+                  checkpoint=metrics.get("checkpoint"), checkpoint_sha256=metrics.get("checkpoint_sha256"),
+                  checkpoint_step=metrics.get("checkpoint_step"),
+                  **{k: str(Path(v).resolve()) for k, v in inputs.items() if v})
     shown = {k: metrics[k] for k in ("mse_db2", "abx_across", "abx_within", "bitrate", "perplexity", "active_codes") if k in metrics}
     print(json.dumps(shown, indent=2))
     log.info("wrote %s", out)

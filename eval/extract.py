@@ -1,7 +1,7 @@
 """Unit extraction: run a checkpoint over utterances and write units other tools can read.
 
     speechsq extract --checkpoint exp/x/checkpoints/last.pt \\
-                     (--data-dir data/test --feats feats/test | --wav-dir wavs/) \\
+                     (--data-dir data/test --feats feats/test | --wav FILE_OR_FOLDER) \\
                      --out exp/x/units/test [--batch-size 32] [--zerospeech]
 
 Utterances are encoded in batches (sorted by length, zero-padded, with their lengths, so
@@ -12,13 +12,37 @@ padding never changes a unit; see ``model.encode``). Written under ``--out``:
 ``z_e/<utt>.npy``         float32 ``(T', input_dim)`` encoder output before quantisation
 ``units.txt``             ``<utt> u1 u2 ...`` deduplicated units (runs collapsed)
 ``durations.txt``         ``<utt> d1 d2 ...`` run lengths in latent frames (sum = T')
-``extract.json``          checkpoint, frame shift of the units, counts
+``extract.json``          checkpoint, frame shift of the units, counts, what was left out
+``complete.json``         completion marker (kind ``units``), written last
 
 and with ``--zerospeech`` the ZeroSpeech 2019 submission tree ``zerospeech/``:
 ``test/<utt>.txt`` one row per latent frame (the quantised code ``z_q`` by default, or
 ``--zerospeech-embedding onehot|index``), values separated by single spaces, the same
 number of columns in every file; ``auxiliary_embedding1/<utt>.txt`` the encoder output
 ``z_e``; ``metadata.yaml``.
+
+Inputs are checked before any work:
+
+* ``--feats`` must be a complete feature dir (``speechsq.features.require_features``) and
+  ``--data-dir`` a data dir; the utterances extracted are the data dir's. Utterances of the
+  data dir that compute-feats skipped (listed in ``<feats>/skipped``) are left out and
+  counted; any other data-dir utterance without features is an error with counts (features
+  of another or an older set) unless ``--allow-missing``, which leaves them out, logged and
+  counted in ``extract.json``. No utterance in common is always an error.
+* ``--wav`` (alias ``--wav-dir``) takes one audio file or a folder, searched recursively:
+  every format libsndfile reads, extensions in any case; two files with the same stem are
+  an error naming both; an unusable file (silent, truncated, not audio) is skipped and listed
+  in ``extract.json`` and the log; multi-channel files are mixed down and other sample rates
+  resampled, each with a log line and counted (``--strict-sample-rate`` refuses other
+  rates). Each file is read and featurised once.
+* A model that outputs NaN/Inf for an utterance stops the extraction, naming it.
+
+The directory is built beside ``--out`` and renamed into place complete
+(:mod:`speechsq.data_prep.staging`): a failed or interrupted extraction leaves the previous
+units (or none), never a partial units dir that ``evaluate``/``abx`` could score. The marker
+records the checkpoint (path, SHA-256 of its content, step), the data dir and feature dir or
+the audio input, the frame shift and what was left out, so consumers can tell where units
+came from.
 
 Python API (textlesslib-style)::
 
@@ -41,6 +65,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from speechsq.completion import MARKER, mark_complete
+from speechsq.data_prep.argtypes import positive_int
+from speechsq.data_prep.staging import staged_directory
+from speechsq.eval.inputs import EvalInputError, NonFiniteOutputError
 
 log = logging.getLogger(__name__)
 
@@ -256,26 +285,6 @@ class UnitExtractor:
         return self.from_features(self.features(waveform, sample_rate))
 
 
-class WavFeatures(Mapping):
-    """Lazy ``utt -> features`` over a folder of wavs (utt = file stem)."""
-
-    def __init__(self, wav_dir: str | Path, pipeline, cmvn=None):
-        self.paths = {p.stem: p for p in sorted(Path(wav_dir).rglob("*.wav"))}
-        if not self.paths:
-            raise FileNotFoundError(f"no .wav files under {wav_dir}")
-        self.pipeline, self.cmvn = pipeline, cmvn
-
-    def __getitem__(self, utt: str) -> np.ndarray:
-        feats = self.pipeline(self.paths[utt])
-        return self.cmvn.apply(feats) if self.cmvn is not None else feats
-
-    def __iter__(self):
-        return iter(self.paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
 def extract(
     model,
     feats: Mapping[str, np.ndarray],
@@ -289,42 +298,76 @@ def extract(
     info: dict | None = None,
     progress: bool = True,
 ) -> dict:
-    """Encode and write everything (see the module docstring); returns the info dict."""
+    """Encode and write everything (see the module docstring); returns the info dict, which
+    also goes into ``extract.json`` and the ``units`` completion marker."""
     if embedding not in ZEROSPEECH_EMBEDDINGS:
         raise ValueError(f"unknown ZeroSpeech embedding {embedding!r}; choose one of {ZEROSPEECH_EMBEDDINGS}")
     started = time.perf_counter()
-    writer = UnitWriter(out_dir, zerospeech, embedding, num_codes_of(model))
-    n = frames = 0
-    for enc in encode_batches(model, feats, utterances, batch_size, device, progress):
-        writer.write(enc)
-        n += 1
-        frames += len(enc.indices)
     info = dict(info or {})
-    info.update(
-        {
-            "n_utterances": n,
-            "n_unit_frames": frames,
-            "frame_shift": frame_shift * DOWNSAMPLING,
-            "num_codes": writer.num_codes,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-    )
-    writer.finish(info)
+    with staged_directory(out_dir, looks_like_units_dir, what="units") as staging:
+        writer = UnitWriter(staging, zerospeech, embedding, num_codes_of(model))
+        n = frames = 0
+        for enc in encode_batches(model, feats, utterances, batch_size, device, progress):
+            check_model_output(enc, info.get("checkpoint", "the model"))
+            writer.write(enc)
+            n += 1
+            frames += len(enc.indices)
+        if n == 0:
+            raise EvalInputError(f"no utterance to extract into {out_dir}")
+        info.update(
+            {
+                "n_utterances": n,
+                "n_unit_frames": frames,
+                "frame_shift": frame_shift * DOWNSAMPLING,
+                "num_codes": writer.num_codes,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+        writer.finish(info)
+        mark_complete(staging, "units", writer.units, producer="speechsq extract", **info)
     log.info("extracted %d utterances (%d unit frames) to %s", n, frames, out_dir)
     return info
 
 
+UNITS_DIR_FILES = ("extract.json", "units.txt", MARKER)
+
+
+def looks_like_units_dir(path: Path) -> bool:
+    """An existing ``--out`` that extract may replace: it holds a units dir's own files."""
+    return (path / "indices").is_dir() or any((path / name).is_file() for name in UNITS_DIR_FILES)
+
+
+def check_model_output(enc: EncodedUtterance, checkpoint: str) -> None:
+    for name, array in (("z_e", enc.z_e), ("z_q", enc.z_q)):
+        if not np.isfinite(array).all():
+            raise NonFiniteOutputError(f"{checkpoint} gives NaN/Inf {name} for utterance {enc.utt!r} "
+                                       "(the model diverged); extract with an earlier checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="speechsq extract", description="Extract units (and a ZeroSpeech 2019 submission) with a checkpoint.")
+    p = argparse.ArgumentParser(
+        prog="speechsq extract",
+        description="Extract units (and a ZeroSpeech 2019 submission) with a checkpoint, from a data dir's features "
+        "or from audio files. Inputs are checked first (complete features of that data dir; usable audio); the "
+        "output appears complete, with complete.json, or not at all.",
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint written by speechsq train (e.g. exp/x/checkpoints/last.pt)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data-dir", help="Kaldi data dir (its utt2spk lists the utterances); use with --feats")
-    src.add_argument("--wav-dir", help="folder of .wav files (features computed with the checkpoint's preprocessing)")
-    p.add_argument("--feats", help="feature dir (feats.scp) matching --data-dir")
-    p.add_argument("--cmvn", help="cmvn.npz for standardised pipelines with --wav-dir")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--batch-size", type=int, default=32)
+    src.add_argument("--wav", "--wav-dir", dest="wav",
+                     help="an audio file or a folder searched recursively (wav, flac, ogg, ... any case); "
+                     "features are computed with the checkpoint's preprocessing")
+    p.add_argument("--feats", help="complete feature dir (feats.scp, complete.json) computed from --data-dir")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="leave out data-dir utterances that have no features (logged, counted in extract.json) "
+                   "instead of failing")
+    p.add_argument("--strict-sample-rate", action="store_true",
+                   help="with --wav: refuse audio at a sample rate the pipeline does not expect instead of resampling it")
+    p.add_argument("--cmvn", help="cmvn.npz for standardised pipelines with --wav")
+    p.add_argument("--out", required=True, help="output directory (replaced only when the new one is complete)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--threads", default="auto", help="CPU threads (default: SPEECHSQ_THREADS/OMP_NUM_THREADS or all cores)")
     p.add_argument("--zerospeech", action="store_true", help="also write the ZeroSpeech 2019 submission tree")
     p.add_argument("--zerospeech-embedding", default="codes", choices=ZEROSPEECH_EMBEDDINGS, help="rows of test/<utt>.txt")
     p.add_argument("--train-set", default="unknown", help="metadata.yaml: training set description")
@@ -338,37 +381,97 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass
+class DataDirSelection:
+    """The utterances of a data dir to extract from a feature dir, and the ones left out."""
+
+    utterances: list[str]
+    skipped_by_features: dict[str, str]  # utt -> compute-feats' reason
+    missing: list[str]  # no features, not skipped by compute-feats (only with --allow-missing)
+
+
+def select_utterances(data_dir: str | Path, feats, allow_missing: bool = False) -> DataDirSelection:
+    """Check a complete feature dir (``require_features`` reader) against a data dir (see the
+    module docstring) and return what to extract."""
+    from speechsq.data_prep.kaldi_dir import c_sorted, data_dir_utterances
+    from speechsq.errors import MismatchError
+
+    wanted = data_dir_utterances(data_dir)
+    have = set(feats)
+    made_from = (feats.completion.info.get("data_dir") if feats.completion else None) or "an unknown data dir"
+    common = [u for u in wanted if u in have]
+    if not common:
+        raise MismatchError(
+            f"no utterance of {data_dir} ({len(wanted)}) has features in {feats.feats_dir} ({len(have)} utterances, "
+            f"computed from {made_from}): pass the --feats computed from {data_dir}"
+        )
+    skipped_list = feats.skipped()
+    absent = [u for u in wanted if u not in have]
+    skipped = {u: skipped_list[u] for u in absent if u in skipped_list}
+    missing = c_sorted(u for u in absent if u not in skipped_list)
+    if skipped:
+        log.warning("%d utterances of %s were skipped by compute-feats and are left out (e.g. %s: %s)",
+                    len(skipped), data_dir, next(iter(skipped)), next(iter(skipped.values())))
+    if missing and not allow_missing:
+        raise MismatchError(
+            f"{len(missing)} of the {len(wanted)} utterances of {data_dir} have no features in {feats.feats_dir} "
+            f"(computed from {made_from}; e.g. {', '.join(missing[:3])}): pass the --feats of this data dir, "
+            f"or --allow-missing to leave them out"
+        )
+    if missing:
+        log.warning("--allow-missing: leaving out %d of %d utterances of %s without features (e.g. %s)",
+                    len(missing), len(wanted), data_dir, ", ".join(missing[:3]))
+    return DataDirSelection(common, skipped, missing)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from speechsq.features import Cmvn, FeatureReader, build_pipeline
+    from speechsq.eval.inputs import checkpoint_identity
+    from speechsq.features import Cmvn, build_pipeline, require_features
+    from speechsq.threads import configure_threads
     from speechsq.training import load_model
+
+    configure_threads(args.threads)
+    info: dict = {}
+    selection = None
+    if args.data_dir:
+        if not args.feats:
+            raise EvalInputError("--data-dir needs --feats (the feature dir computed from that data dir)")
+        if args.strict_sample_rate:
+            raise EvalInputError("--strict-sample-rate applies to --wav input (compute-feats has its own)")
+        feats = require_features(args.feats)
+        selection = select_utterances(args.data_dir, feats, args.allow_missing)
+        info.update({"data_dir": str(Path(args.data_dir).resolve()), "feats_dir": str(Path(args.feats).resolve()),
+                     "skipped_by_features": selection.skipped_by_features, "missing": selection.missing})
+    elif args.feats:
+        raise EvalInputError("--feats goes with --data-dir; with --wav features are computed from the audio")
+    if not Path(args.checkpoint).is_file():
+        raise EvalInputError(f"{args.checkpoint}: no such checkpoint file")
 
     device = resolve_device(args.device)
     model, cfg = load_model(args.checkpoint, device=device)
-    utterances = None
-    if args.data_dir:
-        if not args.feats:
-            raise SystemExit("speechsq extract: --data-dir needs --feats (the feature dir of that data dir)")
-        feats = FeatureReader(args.feats)
-        utt2spk = Path(args.data_dir) / "utt2spk"
-        if utt2spk.is_file():
-            from speechsq.data_prep.kaldi_dir import read_table
+    info = {**checkpoint_identity(args.checkpoint), "train_set": args.train_set,
+            "quantizer": str(cfg["quantizer"]["name"]), **info}
+    if args.wav:
+        from speechsq.data_prep.audio import discover_audio
+        from speechsq.features.audio_input import featurize_audio
 
-            utterances = sorted(u for u in read_table(utt2spk) if u in feats)
-    else:
+        files = discover_audio(args.wav)  # before any work: missing input, duplicate stems
         cmvn = Cmvn.load(args.cmvn) if args.cmvn else None
         pipeline = build_pipeline(cfg["preprocessing"])
         if pipeline.standardize and cmvn is None:
-            raise SystemExit("speechsq extract: standardised features need --cmvn feats/<train>/cmvn.npz")
-        feats = WavFeatures(args.wav_dir, pipeline, cmvn)
-    info = {"checkpoint": str(args.checkpoint), "train_set": args.train_set, "quantizer": str(cfg["quantizer"]["name"])}
+            raise EvalInputError("standardised features need --cmvn feats/<train>/cmvn.npz")
+        audio = featurize_audio(files, pipeline, cmvn, args.strict_sample_rate, progress=not args.no_progress,
+                                source=str(args.wav))
+        feats = audio.feats
+        info.update({"wav": str(Path(args.wav).resolve()), "audio": audio.to_dict()})
     extract(
         model,
         feats,
         args.out,
         feature_frame_shift(cfg),
-        utterances,
+        selection.utterances if selection is not None else None,
         args.batch_size,
         device,
         args.zerospeech,

@@ -14,6 +14,10 @@ configurations of one quantizer; it is the row label. Written next to them:
                   bitrate, perplexity, active_codes`` the values, mean and sample standard
                   deviation (ddof = 1; 0 with a single seed); plus ``baseline``.
 ``results.md``    the same as a Markdown table (mean ± std), printed too.
+
+Only complete evaluations are collected: each ``eval/`` directory must carry the ``eval``
+completion marker that ``speechsq evaluate`` writes after ``metrics.json``, and a
+``metrics.json`` that is not a JSON object is an error naming the file (one line, exit 2).
 """
 
 from __future__ import annotations
@@ -27,7 +31,32 @@ from pathlib import Path
 
 import numpy as np
 
+from speechsq.completion import require_complete
+from speechsq.errors import IncompleteOutputError, SpeechsqError
+
 log = logging.getLogger(__name__)
+
+
+class ReportInputError(SpeechsqError, ValueError):
+    """A metrics file the report cannot read."""
+
+
+def read_metrics(path: Path) -> dict:
+    """A complete evaluation's ``metrics.json`` as a dict; one-line errors naming the file."""
+    require_complete(path.parent, "eval", remedy=f"run `speechsq evaluate` again for {path.parent.parent}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReportInputError(f"{path} is not valid JSON ({err}); run `speechsq evaluate` again for "
+                               f"{path.parent.parent}") from None
+    if not isinstance(data, dict):
+        raise ReportInputError(f"{path} holds a JSON {type(data).__name__}, expected an object of metrics; "
+                               f"run `speechsq evaluate` again for {path.parent.parent}")
+    for key in METRICS:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ReportInputError(f"{path}: {key} is {value!r}, expected a number or null")
+    return data
 
 METRICS = ("mse_db2", "abx_across", "abx_within", "bitrate", "perplexity", "active_codes")
 HEADERS = {
@@ -73,7 +102,7 @@ def summarize(values: list[float]) -> dict:
 def collect(exp_dir: str | Path) -> dict:
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
-        raise FileNotFoundError(f"experiment directory not found: {exp_dir}")
+        raise IncompleteOutputError(f"experiment directory not found: {exp_dir}")
     rows: dict[str, dict] = {}
     for metrics_file in sorted(exp_dir.glob("*/seed*/eval/metrics.json")):
         seed_dir = metrics_file.parent.parent
@@ -81,7 +110,7 @@ def collect(exp_dir: str | Path) -> dict:
         if not match:
             continue
         quantizer = seed_dir.parent.name
-        data = json.loads(metrics_file.read_text())
+        data = read_metrics(metrics_file)
         row = rows.setdefault(quantizer, {"seeds": [], "runs": {}})
         row["seeds"].append(int(match.group(1)))
         row["runs"][seed_dir.name] = {k: data.get(k) for k in METRICS}
@@ -96,14 +125,19 @@ def collect(exp_dir: str | Path) -> dict:
         results["quantizers"][quantizer] = entry
     baseline = exp_dir / "baseline" / "eval" / "metrics.json"
     if baseline.is_file():
-        data = json.loads(baseline.read_text())
+        data = read_metrics(baseline)
         results["baseline"] = {k: data.get(k) for k in ("abx_across", "abx_within")}
     if not results["quantizers"] and results["baseline"] is None:
-        raise FileNotFoundError(f"no <quantizer>/seed<N>/eval/metrics.json (nor baseline) under {exp_dir}")
+        raise IncompleteOutputError(f"no <quantizer>/seed<N>/eval/metrics.json (nor baseline) under {exp_dir}; "
+                                    "run `speechsq evaluate` first")
     return results
 
 
 def display_name(quantizer: str) -> str:
+    """Paper name of a row: ``vq_ema_sigma2_0.1`` -> ``VQ-VAE w/ EMA (σ² = 0.1)``."""
+    base, sep, sigma2 = quantizer.rpartition("_sigma2_")
+    if sep and base:
+        return f"{display_name(base)} (σ² = {sigma2})"
     for name in sorted(DISPLAY_NAMES, key=len, reverse=True):
         if quantizer == name:
             return DISPLAY_NAMES[name]
@@ -146,6 +180,9 @@ def markdown_table(results: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speechsq report", description="Collect <quantizer>/seed<N>/eval/metrics.json into results.json / results.md.")
     p.add_argument("--exp-dir", required=True, help="experiment directory exp/<tag>")
+    p.add_argument("--claims", default=None,
+                   help="also check a paper's claims on these numbers and add the verdicts to results.{md,json} "
+                        "(sqvae_zerospeech19, sqvae_vctk)")
     return p
 
 
@@ -154,8 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     results = collect(args.exp_dir)
     exp_dir = Path(args.exp_dir)
-    (exp_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown_table(results)
+    if args.claims:
+        from speechsq.eval.claims import check_claims, claims_markdown
+
+        verdicts = check_claims(args.claims, exp_dir, results)
+        results["claims"] = {"set": args.claims, "results": [v.to_dict() for v in verdicts]}
+        table += "\n" + claims_markdown(args.claims, verdicts)
+    (exp_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (exp_dir / "results.md").write_text(table)
     print(table)
     return 0

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-corpus": ("speechsq.data_prep.embedded_corpus", "synthesise the embedded multi-speaker corpus (ZeroSpeech 2019 layout)"),
     "prepare-data": ("speechsq.data_prep.prepare", "make Kaldi data dirs for a corpus (zerospeech19, vctk)"),
     "validate-data-dir": ("speechsq.data_prep.kaldi_dir", "check a Kaldi data dir for inconsistencies"),
+    "make-items": ("speechsq.data_prep.make_items", "an ABX item file from phone alignments (when the corpus has none)"),
     "compute-feats": ("speechsq.features.compute", "compute log-Mel features for a data dir (feats.scp + ark)"),
     "train": ("speechsq.training.cli", "train a model (hydra overrides: experiment=mini quantizer=sq_gauss1 ...)"),
     "extract": ("speechsq.eval.extract", "extract units / ZeroSpeech submission from a checkpoint"),

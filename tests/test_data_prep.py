@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +237,200 @@ def test_items_exclude_silence_and_file_edges(tmp_path):
     (tmp_path / "bad").write_text("#file onset offset\n")
     with pytest.raises(AlignmentError, match="header"):
         read_items(tmp_path / "bad")
+
+
+# ------------------------------------------------------------------- silence on the 16-bit scale
+def write_lsb(path: Path, lsb_values: np.ndarray, sr: int = 16000) -> Path:
+    """A PCM_16 file holding exactly these integer sample values (in LSB)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.asarray(lsb_values, np.int16), sr, subtype="PCM_16")
+    return path
+
+
+def alternating(lsb: int, n: int = 16000) -> np.ndarray:
+    return lsb * np.where(np.arange(n) % 2 == 0, 1, -1)
+
+
+def test_silence_is_defined_on_the_16_bit_scale(tmp_path):
+    from speechsq.data_prep.audio import SILENT_RMS_LSB, rms_lsb
+
+    assert SILENT_RMS_LSB == 8
+    dither = np.random.default_rng(0).integers(-1, 2, size=16000)  # +-1 LSB: what a "silent" DAW export holds
+    for name, values in {"zeros": np.zeros(16000), "dither": dither, "rms8": alternating(8)}.items():
+        with pytest.raises(AudioProblem, match="silent"):
+            load_wav(write_lsb(tmp_path / f"{name}.wav", values))
+    wav, _ = load_wav(write_lsb(tmp_path / "rms9.wav", alternating(9)))  # first level above the floor: kept
+    assert rms_lsb(wav) == 9.0 and rms_lsb(alternating(8) / 32768) == 8.0
+    with pytest.raises(AudioProblem, match=r"RMS 8\.00 LSB, peak 8 LSB"):
+        load_wav(tmp_path / "rms8.wav")
+
+
+def test_quiet_speech_at_minus_50_dbfs_is_kept(tmp_path):
+    from speechsq.features import build_pipeline
+
+    t = np.arange(16000) / 16000
+    f0 = 120 + 20 * np.sin(2 * np.pi * 2 * t)
+    speech = sum(np.sin(k * 2 * np.pi * np.cumsum(f0) / 16000) / k for k in range(1, 20)) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    peak = 10 ** (-50 / 20)  # -50 dBFS = 103.6 LSB
+    path = tmp_path / "quiet.wav"
+    sf.write(path, (speech / np.abs(speech).max() * peak).astype(np.float32), 16000, subtype="PCM_16")
+    wav, _ = load_wav(path)
+    assert np.abs(wav).max() * 32768 == 104.0  # rounded to the nearest LSB
+    feats = build_pipeline("zerospeech19")(path)
+    assert feats.shape == (101, 80) and np.isfinite(feats).all()
+
+
+def test_dithered_silent_test_wav_is_skipped_not_normalised(tmp_path):
+    root = tmp_path / "english"
+    make_zerospeech_tree(root)
+    write_lsb(root / "test/S003_0000000202.wav", np.random.default_rng(1).integers(-1, 2, size=16000))
+    report = prepare.prepare("zerospeech19", root, tmp_path / "data")
+    assert [(Path(s.path).name, s.reason) for s in report.subsets["test"].skipped] == [("S003_0000000202.wav", "silent")]
+
+
+# ------------------------------------------------------------------------- file names: ASCII only
+@pytest.mark.parametrize("name", ["S001_٩٠٠٠٠٠٠٠٠٧.wav", "S001_０１２３４５６７８９.wav", "S001_0123456789.wav\n",
+                                  "S001_012345678.wav", "S00_0123456789.wav", "Ş001_0123456789.wav"])
+def test_zerospeech_names_accept_ascii_digits_only(name):
+    from speechsq.data_prep.zerospeech19 import parse_file_name
+
+    assert parse_file_name(name) is None
+    assert parse_file_name("S001_0123456789.wav") == ("S001", "S001_0123456789")
+
+
+def test_unicode_digit_file_is_a_bad_name_skip(tmp_path):
+    root = tmp_path / "english"
+    make_zerospeech_tree(root)
+    write_wav(root / "test/S002_٩٠٠٠٠٠٠٠٠٧.wav")
+    report = prepare.prepare("zerospeech19", root, tmp_path / "data")
+    assert [(Path(s.path).name, s.reason) for s in report.subsets["test"].skipped] == [("S002_٩٠٠٠٠٠٠٠٠٧.wav", "bad-name")]
+    assert KaldiDataDir.read(tmp_path / "data/test").utterances == ["S002_0000000200", "S003_0000000200", "S003_0000000201"]
+
+
+def test_vctk_names_accept_ascii_digits_only(tmp_path):
+    make_vctk_tree(tmp_path / "vctk", speakers=("p225",), n=10)
+    write_wav(tmp_path / "vctk/wav48/p225/p225_٠١١.wav", seconds=0.5, sr=48000)
+    report = prepare.prepare("vctk", tmp_path / "vctk", tmp_path / "data")
+    assert [(Path(s.path).name, s.reason) for s in report.subsets["train"].skipped] == [("p225_٠١١.wav", "bad-name")]
+    assert report.subsets["train"].utterances + report.subsets["test"].utterances == 10
+
+
+# --------------------------------------------------- one unusable test wav: skipped everywhere
+def tree_with_abx_files(root: Path) -> None:
+    """make_zerospeech_tree + alignments of the three test files and their ABX items."""
+    make_zerospeech_tree(root)
+    (root / "alignments").mkdir()
+    phones = [PhoneSegment(0, 0.1, "SIL"), PhoneSegment(0.1, 0.2, "a"), PhoneSegment(0.2, 0.3, "b"),
+              PhoneSegment(0.3, 0.4, "c"), PhoneSegment(0.4, 0.5, "d"), PhoneSegment(0.5, 1.0, "SIL")]
+    ali = {u: phones for u in ("S002_0000000200", "S003_0000000200")}
+    ali["S003_0000000201"] = [PhoneSegment(0, 0.05, "a"), PhoneSegment(0.05, 0.1, "b"), PhoneSegment(0.1, 0.2, "c")]
+    write_alignments(root / "alignments/test.ali", ali)
+    utt2spk = {u: u[:4] for u in ali}
+    write_items(root / "alignments/test.item", items_from_alignments(ali, utt2spk))
+
+
+def test_unusable_test_wav_drops_its_items_and_alignment_lines(tmp_path):
+    root = tmp_path / "english"
+    tree_with_abx_files(root)
+    (root / "test/S003_0000000200.wav").write_bytes(b"RIFF\x00\x00")  # unusable
+    out = tmp_path / "data"
+    assert prepare.main(["--corpus", "zerospeech19", "--root", str(root), "--out", str(out)]) == 0
+    test = KaldiDataDir.read(out / "test")
+    assert test.utterances == ["S002_0000000200", "S003_0000000201"]
+    assert validate_data_dir(out / "test").ok
+    items = read_items(out / "test/items")
+    assert [(i.file, i.phone) for i in items] == [("S002_0000000200", "b"), ("S002_0000000200", "c"),
+                                                 ("S003_0000000201", "b")]
+    assert set(read_alignments(out / "test/ali")) == {"S002_0000000200", "S003_0000000201"}
+    report = json.loads((out / "prep_report.json").read_text())
+    assert report["subsets"]["test"]["dropped_lines"] == {"ali": 6, "items": 2}
+    assert [(Path(s["path"]).name, s["reason"]) for s in report["subsets"]["test"]["skipped"]] == [
+        ("S003_0000000200.wav", "not-audio")]
+    assert report["error"] is None
+    marker = json.loads((out / "test/complete.json").read_text())
+    assert (marker["kind"], marker["count"], marker["set"], marker["skipped"]) == ("data_dir", 2, "test", 1)
+    assert marker["dropped_lines"] == {"ali": 6, "items": 2}
+
+
+def test_data_dirs_are_replaced_atomically(tmp_path, monkeypatch):
+    root = tmp_path / "english"
+    make_zerospeech_tree(root)
+    out = tmp_path / "data"
+    prepare.prepare("zerospeech19", root, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "prep_report.json"}
+    write_wav(root / "test/S004_0000000200.wav")  # the corpus changed ...
+
+    real_write = KaldiDataDir.write
+
+    def crash_while_writing(self, directory):  # ... and the next run dies half-way through data/test
+        if Path(directory).name.startswith(".test.partial-"):
+            (Path(directory) / "wav.scp").write_text("half written\n")
+            raise OSError(28, "No space left on device")
+        return real_write(self, directory)
+
+    monkeypatch.setattr(KaldiDataDir, "write", crash_while_writing)
+    from speechsq.errors import DiskFullError
+
+    with pytest.raises(DiskFullError, match="No space left on device: .*data/test$"):
+        prepare.prepare("zerospeech19", root, out)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "prep_report.json"}
+    assert after == before  # every old data dir intact, nothing half-written, no leftovers
+    assert sorted(p.name for p in out.iterdir()) == ["parallel", "parallel_source", "prep_report.json", "test", "train"]
+    report = json.loads((out / "prep_report.json").read_text())
+    assert report["error"].startswith("DiskFullError: No space left on device")
+    assert list(report["subsets"]) == ["train", "parallel", "parallel_source"]  # the sets done before the failure
+
+
+def test_data_dirs_get_the_umask_permissions_not_mkdtemps(tmp_path):
+    root = tmp_path / "english"
+    make_zerospeech_tree(root)
+    old = os.umask(0o027)
+    try:
+        prepare.prepare("zerospeech19", root, tmp_path / "data")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "data/test").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "data/test/wav.scp").stat().st_mode) == 0o640
+
+
+def test_set_without_usable_files_removes_its_old_dir_and_fails(tmp_path):
+    root = tmp_path / "english"
+    make_zerospeech_tree(root)
+    out = tmp_path / "data"
+    prepare.prepare("zerospeech19", root, out)
+    for wav in (root / "test").glob("*.wav"):
+        sf.write(wav, np.zeros(16000, np.float32), 16000, subtype="PCM_16")
+    with pytest.raises(kaldi_dir.DataDirError, match=r"no usable file in set\(s\) test .*prep_report.json"):
+        prepare.main(["--corpus", "zerospeech19", "--root", str(root), "--out", str(out)])
+    assert not (out / "test").exists()  # a stale data dir would not match the corpus any more
+    report = json.loads((out / "prep_report.json").read_text())
+    assert [s["reason"] for s in report["subsets"]["test"]["skipped"]] == ["silent"] * 3
+
+
+def test_prepare_refuses_to_replace_a_directory_that_is_not_a_data_dir(tmp_path):
+    from speechsq.data_prep.staging import OutputDirError
+
+    root = tmp_path / "english"
+    make_zerospeech_tree(root)
+    (tmp_path / "data/test").mkdir(parents=True)
+    (tmp_path / "data/test/notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="data/test exists and does not look like a Kaldi data directory"):
+        prepare.prepare("zerospeech19", root, tmp_path / "data")
+    assert (tmp_path / "data/test/notes.txt").read_text() == "mine"
+
+
+def test_validate_data_dir_cli_errors_and_marker_warning(tmp_path):
+    with pytest.raises(kaldi_dir.DataDirError, match="nope: no such data directory"):
+        kaldi_dir.main([str(tmp_path / "nope")])
+    root = tmp_path / "english"
+    make_zerospeech_tree(root)
+    prepare.prepare("zerospeech19", root, tmp_path / "data")
+    assert validate_data_dir(tmp_path / "data/test").warnings == []
+    lines = (tmp_path / "data/test/utt2spk").read_text().splitlines()
+    (tmp_path / "data/test/utt2spk").write_text("\n".join(lines[:2]) + "\n")  # edited by hand
+    (tmp_path / "data/test/spk2utt").write_text("S002 S002_0000000200\nS003 S003_0000000200\n")
+    (tmp_path / "data/test/wav.scp").write_text("".join(
+        line + "\n" for line in (tmp_path / "data/test/wav.scp").read_text().splitlines()[:2]))
+    report = validate_data_dir(tmp_path / "data/test")
+    assert report.ok and report.warnings == [
+        "complete.json lists 3 utterances, utt2spk 2: the data dir was changed after it was written"]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
+
+from speechsq.completion import mark_complete
+from speechsq.errors import IncompleteOutputError
 
 from speechsq.eval.bitrate import compute_bitrate, entropy_bits
 from speechsq.eval.codebook import codebook_stats, plot_code_usage
@@ -98,6 +102,15 @@ def test_mse_db2_equals_direct_numpy_computation():
     assert sorted(len_ for call in model.calls for len_ in call[1]) == [6, 10]
 
 
+def test_mse_of_a_constant_error_is_exactly_top_db_times_error_squared():
+    feats = {"u1": np.full((9, 4), 0.5, np.float32), "u2": np.full((6, 4), 0.25, np.float32)}
+    result = evaluate_mse(ShiftModel(np.full(4, 0.125)), feats, [("u1", "s1"), ("u2", "s2")], db_scale(4, top_db=80.0),
+                          progress=False)
+    assert result.mse_db2 == (80.0 * 0.125) ** 2 == 100.0  # every scored frame and mel is off by 0.125 x 80 dB
+    assert result.n_frames == (8 - 2) + (6 - 2)
+    assert result.per_utterance == {"u1": 100.0, "u2": 100.0}
+
+
 def test_mse_undoes_standardisation_with_cmvn_std():
     x = {"u": np.zeros((6, 4), np.float32)}
     std = np.array([1.0, 2.0, 3.0, 4.0])
@@ -136,6 +149,8 @@ def _write_metrics(root, quantizer, seed, **values):
     path = root / quantizer / f"seed{seed}" / "eval" / "metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(values))
+    mark_complete(path.parent, "eval", ["metrics.json"], producer="test")
+    return path
 
 
 def test_report_means_and_stds_over_seeds(tmp_path, capsys):
@@ -145,6 +160,7 @@ def test_report_means_and_stds_over_seeds(tmp_path, capsys):
     base = tmp_path / "baseline" / "eval" / "metrics.json"
     base.parent.mkdir(parents=True)
     base.write_text(json.dumps({"abx_across": 30.0, "abx_within": 15.0}))
+    mark_complete(base.parent, "eval", ["metrics.json"], producer="test")
     assert report_mod.main(["--exp-dir", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     mse = results["quantizers"]["vq_ema"]["metrics"]["mse_db2"]
@@ -158,6 +174,32 @@ def test_report_means_and_stds_over_seeds(tmp_path, capsys):
 
 def test_report_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.json"):
+        report_mod.collect(tmp_path)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", r"is not valid JSON \(Expecting property name enclosed in double quotes: line 1 column 2"),
+    ("[1, 2]", "holds a JSON list, expected an object of metrics"),
+    ('{"mse_db2": "31.0"}', r"mse_db2 is '31.0', expected a number or null"),
+])
+def test_report_names_a_malformed_metrics_file(tmp_path, capsys, content, message):
+    from speechsq import cli
+
+    _write_metrics(tmp_path, "vq_ema", 1, mse_db2=30.0)
+    bad = _write_metrics(tmp_path, "vq_ema", 2)
+    bad.write_text(content)
+    with pytest.raises(report_mod.ReportInputError, match=rf"^{re.escape(str(bad))}:? {message}"):
+        report_mod.collect(tmp_path)
+    assert cli.main(["report", "--exp-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"speechsq report: error: {bad}")
+
+
+def test_report_refuses_an_unfinished_evaluation(tmp_path):
+    _write_metrics(tmp_path, "vq_ema", 1, mse_db2=30.0)
+    stale = _write_metrics(tmp_path, "vq_ema", 2, mse_db2=99.0)
+    (stale.parent / "complete.json").unlink()  # evaluate started again and failed
+    with pytest.raises(IncompleteOutputError, match=rf"{stale.parent} is incomplete .*run `speechsq evaluate` again"):
         report_mod.collect(tmp_path)
 
 

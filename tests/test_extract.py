@@ -3,12 +3,19 @@ invariance of batched extraction, and a tiny real checkpoint through the CLI and
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
+from pathlib import Path
 
+import kaldiio
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
+
+from speechsq.completion import keys_digest, mark_complete
 
 from speechsq.eval.extract import UnitExtractor, deduplicate, encode_batches, extract, main
 
@@ -101,8 +108,7 @@ def test_zerospeech_onehot_and_bad_options(tmp_path):
 # --------------------------------------------------------------------------- tiny real model
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
+def make_checkpoint(path, seed: int = 0, step: int = 0):
     from omegaconf import OmegaConf
 
     from speechsq.models import build_model
@@ -113,11 +119,15 @@ def tiny_checkpoint(tmp_path_factory):
         "model.encoder_channels=16", "quantizer.num_codes=8", "quantizer.code_dim=4", "data.feats_dir=unused",
         "preprocessing.n_mels=20",
     ])
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_model(cfg)
-    path = tmp_path_factory.mktemp("ckpt") / "last.pt"
-    torch.save({"model": model.state_dict(), "step": 0, "config": OmegaConf.to_container(cfg, resolve=True)}, path)
+    torch.save({"model": model.state_dict(), "step": step, "config": OmegaConf.to_container(cfg, resolve=True)}, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.pt")
 
 
 def test_tiny_real_model_through_the_cli(tmp_path, tiny_checkpoint):
@@ -137,15 +147,16 @@ def test_tiny_real_model_through_the_cli(tmp_path, tiny_checkpoint):
                  "--out", str(out), "--batch-size", "2", "--zerospeech", "--no-progress", "--device", "cpu"]) == 0
     info = json.loads((out / "extract.json").read_text())
     assert info["n_utterances"] == 3 and info["frame_shift"] == pytest.approx(0.02)
-    for utt, n in utts.items():
-        dense = np.load(out / "indices" / f"{utt}.npy")
-        assert len(dense) == (n + 1) // 2 and dense.min() >= 0 and dense.max() < 8
-    # units of a batch equal those of the utterance alone (padding does not leak)
+    # units of a batch equal those of each utterance alone (padding does not leak)
     extractor = UnitExtractor.from_checkpoint(tiny_checkpoint)
     from speechsq.features import FeatureReader
 
-    alone = extractor.from_features(FeatureReader(feat_dir)["s1_b"])
-    np.testing.assert_array_equal(alone["dense"].numpy(), np.load(out / "indices" / "s1_b.npy"))
+    for utt, n in utts.items():
+        dense = np.load(out / "indices" / f"{utt}.npy")
+        alone = extractor.from_features(FeatureReader(feat_dir)[utt])
+        assert len(dense) == (n + 1) // 2
+        np.testing.assert_array_equal(alone["dense"].numpy(), dense)
+        np.testing.assert_array_equal(alone["z_q"].numpy(), np.load(out / "z_q" / f"{utt}.npy"))
 
 
 def test_waveform_api_invariants(tiny_checkpoint):
@@ -163,24 +174,42 @@ def test_waveform_api_invariants(tiny_checkpoint):
         extractor(np.stack([wav, wav]), sample_rate=16000)
 
 
+def make_set(root, utts: dict[str, int], skipped: dict[str, str] | None = None, n_mels: int = 20, seed: int = 4):
+    """A data dir (utt2spk, speaker = first 2 characters) and a complete feature dir with random
+    features of ``utts`` (name -> frames); ``skipped`` utterances are in the data dir and listed
+    in the feature dir's ``skipped`` (as compute-feats does for unusable audio)."""
+    from speechsq.features.store import SKIPPED, ArkWriter
+
+    rng = np.random.default_rng(seed)
+    skipped = skipped or {}
+    data_dir, feat_dir = root / "data", root / "feats"
+    data_dir.mkdir(parents=True)
+    (data_dir / "utt2spk").write_text("".join(f"{u} {u[:2]}\n" for u in sorted({**utts, **skipped})))
+    (data_dir / "wav.scp").write_text("".join(f"{u} /{u}.wav\n" for u in sorted({**utts, **skipped})))
+    writer = ArkWriter(feat_dir)
+    feats = {}
+    for utt, n in utts.items():
+        feats[utt] = rng.random((n, n_mels)).astype(np.float32)
+        writer.write(utt, feats[utt])
+    writer.stage_text(SKIPPED, "".join(f"{u} {r}\n" for u, r in skipped.items()))
+    writer.commit(data_dir=str(data_dir))
+    return data_dir, feat_dir, feats
+
+
+def entropy_bits_by_hand(counts) -> float:
+    n = sum(counts)
+    return sum(c / n * math.log2(n / c) for c in counts)
+
+
 def test_evaluate_and_report_on_a_tiny_run(tmp_path, tiny_checkpoint):
     from speechsq.eval import evaluate, report
-    from speechsq.features.store import ArkWriter
+    from speechsq.training import load_model
 
-    rng = np.random.default_rng(4)
-    data_dir, feat_dir = tmp_path / "data", tmp_path / "feats"
-    data_dir.mkdir()
-    writer = ArkWriter(feat_dir)
+    utts = {f"{s}_{k}": 40 for s in ("s1", "s2") for k in range(3)}
+    data_dir, feat_dir, feats = make_set(tmp_path, utts)
     items = ["#file onset offset #phone prev-phone next-phone speaker"]
-    utt2spk = {}
-    for s in ("s1", "s2"):
-        for k in range(3):
-            utt = f"{s}_{k}"
-            writer.write(utt, rng.random((40, 20)).astype(np.float32))
-            utt2spk[utt] = s
-            items += [f"{utt} 0.05 0.13 {p} x y {s}" for p in ("a", "b")[k % 2]]
-    writer.commit()
-    (data_dir / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in sorted(utt2spk.items())))
+    for k, utt in enumerate(sorted(utts)):
+        items += [f"{utt} 0.05 0.13 {'ab'[k % 2]} x y {utt[:2]}"]
     (tmp_path / "items").write_text("\n".join(items) + "\n")
     run = tmp_path / "exp" / "vq_ema" / "seed1"
     assert main(["--checkpoint", str(tiny_checkpoint), "--data-dir", str(data_dir), "--feats", str(feat_dir),
@@ -189,9 +218,349 @@ def test_evaluate_and_report_on_a_tiny_run(tmp_path, tiny_checkpoint):
                           "--mse-feats", str(feat_dir), "--units", str(run / "units"), "--items", str(tmp_path / "items"),
                           "--no-progress", "--device", "cpu"]) == 0
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    # MSE recomputed one utterance at a time, independently of the batched evaluation
+    model, _ = load_model(tiny_checkpoint)
+    total = 0.0
+    for utt, x in feats.items():
+        with torch.no_grad():
+            x_hat = model.reconstruct(torch.from_numpy(x.T[None]), torch.tensor([40]), model.speaker_ids([utt[:2]]))[0].numpy()
+        total += float((((x_hat[:, 1:39] - x.T[:, 1:39]).astype(np.float64) * 80.0) ** 2).sum())
     assert metrics["mse"]["n_frames"] == 6 * 38  # 40 frames each, first and last unscored
-    assert metrics["mse_db2"] > 0 and 1 <= metrics["active_codes"] <= 8
-    assert metrics["bitrate"] >= 0 and metrics["abx_within"] is not None
+    assert metrics["mse_db2"] == pytest.approx(total / (20 * 6 * 38), rel=1e-5)
+    # bitrate, perplexity, active codes from the extracted indices, by hand
+    indices = np.concatenate([np.load(run / "units" / "indices" / f"{u}.npy") for u in sorted(utts)])
+    counts = np.bincount(indices, minlength=8)
+    h = entropy_bits_by_hand([c for c in counts if c])
+    assert len(indices) == 6 * 20 and metrics["active_codes"] == int((counts > 0).sum())
+    assert metrics["bitrate"] == pytest.approx(len(indices) * h / (len(indices) * 0.02))
+    assert metrics["perplexity"] == pytest.approx(2**h)
+    assert metrics["abx_items_dropped"] == 0
     assert (run / "eval" / "code_usage.png").is_file()
+    marker = json.loads((run / "eval" / "complete.json").read_text())
+    assert (marker["kind"], marker["count"], marker["checkpoint_step"]) == ("eval", 2, 0)
+    assert marker["units"] == str((run / "units").resolve()) and marker["items"] == str((tmp_path / "items").resolve())
     assert report.main(["--exp-dir", str(tmp_path / "exp")]) == 0
     assert "VQ-VAE w/ EMA" in (tmp_path / "exp" / "results.md").read_text()
+
+
+# ------------------------------------------------------------ hand-computed units, durations, bitrate
+def one_hot_feats(indices: list[int], n_mels: int = 5) -> np.ndarray:
+    """Features that FakeModel encodes to exactly ``indices`` (two frames per latent frame)."""
+    x = np.zeros((2 * len(indices), n_mels), np.float32)
+    for k, code in enumerate(indices):
+        x[2 * k : 2 * k + 2, code] = 1.0
+    return x
+
+
+def test_units_and_durations_of_a_known_index_sequence(tmp_path):
+    feats = {"a": one_hot_feats([0, 0, 1, 1, 1, 2]), "b": one_hot_feats([2, 2])}
+    info = extract(FakeModel(), feats, tmp_path / "u", frame_shift=0.01, progress=False)
+    assert (tmp_path / "u/units.txt").read_text() == "a 0 1 2\nb 2\n"
+    assert (tmp_path / "u/durations.txt").read_text() == "a 2 3 1\nb 2\n"
+    assert np.load(tmp_path / "u/indices/a.npy").tolist() == [0, 0, 1, 1, 1, 2]
+    assert (info["n_utterances"], info["n_unit_frames"], info["frame_shift"]) == (2, 8, 0.02)
+    marker = json.loads((tmp_path / "u/complete.json").read_text())
+    assert (marker["kind"], marker["count"], marker["frame_shift"]) == ("units", 2, 0.02)
+
+
+def test_evaluate_bitrate_and_codebook_by_hand(tmp_path, tiny_checkpoint):
+    """Units with known indices, marked as extracted with the tiny checkpoint (10 ms features,
+    x2 downsampling: 20 ms per unit): N = 6, counts (2, 1, 3), D = 6 x 0.02 s."""
+    from speechsq.eval import evaluate
+    from speechsq.eval.inputs import checkpoint_identity
+
+    feats = {"a": one_hot_feats([0, 0, 1, 2]), "b": one_hot_feats([2, 2])}
+    extract(FakeModel(), feats, tmp_path / "units", frame_shift=0.01, progress=False,
+            info=checkpoint_identity(tiny_checkpoint))
+    assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--exp-dir", str(tmp_path / "run"),
+                          "--units", str(tmp_path / "units"), "--no-progress", "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "run/eval/metrics.json").read_text())
+    h = (2 * math.log2(3) + math.log2(6) + 3 * math.log2(2)) / 6  # -sum p log2 p, p = (1/3, 1/6, 1/2)
+    assert metrics["bitrate_detail"] == pytest.approx(
+        {"bitrate": 6 * h / 0.12, "entropy_bits": h, "n_symbols": 6, "duration_s": 0.12, "n_distinct": 3})
+    assert metrics["bitrate"] == pytest.approx(50 * h)  # 76.0 bit/s
+    assert metrics["perplexity"] == pytest.approx(2**h) and metrics["active_codes"] == 3
+    assert metrics["codebook"] == pytest.approx(
+        {"num_codes": 8, "perplexity": 2**h, "active_codes": 3, "entropy_bits": h, "n_frames": 6})
+
+
+# ------------------------------------------------------------------------- extract: input checks
+def run_extract(checkpoint, *args) -> int:
+    return main(["--checkpoint", str(checkpoint), "--no-progress", "--device", "cpu", *map(str, args)])
+
+
+def test_extract_data_dir_checks(tmp_path, tiny_checkpoint):
+    from speechsq.data_prep.kaldi_dir import DataDirError
+    from speechsq.errors import IncompleteOutputError, MismatchError
+
+    data_dir, feat_dir, _ = make_set(tmp_path / "a", {"s1_a": 9, "s1_b": 14, "s2_a": 6, "s2_b": 8})
+    other_data, other_feats, _ = make_set(tmp_path / "b", {"s1_x": 9, "s2_y": 9})
+    out = tmp_path / "units"
+    with pytest.raises(DataDirError, match="nope: no such data directory"):
+        run_extract(tiny_checkpoint, "--data-dir", tmp_path / "nope", "--feats", feat_dir, "--out", out)
+    with pytest.raises(MismatchError, match=rf"no utterance of {data_dir} \(4\) has features in {other_feats} "
+                                            rf"\(2 utterances, computed from {other_data}\)"):
+        run_extract(tiny_checkpoint, "--data-dir", data_dir, "--feats", other_feats, "--out", out)
+    # a data dir with one more utterance than the features: partial overlap
+    (data_dir / "utt2spk").write_text((data_dir / "utt2spk").read_text() + "s2_c s2\n")
+    with pytest.raises(MismatchError, match=rf"1 of the 5 utterances of {data_dir} have no features in {feat_dir} "
+                                            r".*e.g. s2_c.*--allow-missing"):
+        run_extract(tiny_checkpoint, "--data-dir", data_dir, "--feats", feat_dir, "--out", out)
+    assert not out.exists()
+    assert run_extract(tiny_checkpoint, "--data-dir", data_dir, "--feats", feat_dir, "--out", out, "--allow-missing") == 0
+    info = json.loads((out / "extract.json").read_text())
+    assert (info["n_utterances"], info["missing"], info["skipped_by_features"]) == (4, ["s2_c"], {})
+    marker = json.loads((out / "complete.json").read_text())
+    assert (marker["count"], marker["missing"], marker["data_dir"], marker["feats_dir"]) == (
+        4, ["s2_c"], str(data_dir.resolve()), str(feat_dir.resolve()))
+    (feat_dir / "complete.json").unlink()
+    with pytest.raises(IncompleteOutputError, match=r"feats is incomplete \(no complete.json"):
+        run_extract(tiny_checkpoint, "--data-dir", data_dir, "--feats", feat_dir, "--out", out)
+
+
+def test_extract_leaves_out_what_compute_feats_skipped(tmp_path, tiny_checkpoint):
+    data_dir, feat_dir, _ = make_set(tmp_path, {"s1_a": 9, "s2_a": 8}, skipped={"s2_b": "silent"})
+    assert run_extract(tiny_checkpoint, "--data-dir", data_dir, "--feats", feat_dir, "--out", tmp_path / "u") == 0
+    info = json.loads((tmp_path / "u/extract.json").read_text())
+    assert (info["n_utterances"], info["skipped_by_features"], info["missing"]) == (2, {"s2_b": "silent"}, [])
+    assert (info["checkpoint"], info["checkpoint_step"]) == (str(tiny_checkpoint.resolve()), 0)
+    assert info["checkpoint_sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+
+
+def test_extract_nan_features_one_line_naming_the_utterance(tmp_path, tiny_checkpoint, capsys):
+    from speechsq import cli
+
+    out = tmp_path / "feats"
+    out.mkdir()
+    bad = np.ones((8, 20), np.float32)
+    bad[5, 3] = np.nan
+    with open(out / "feats.ark", "wb") as f:
+        kaldiio.save_ark(f, {"s1_a": np.ones((8, 20), np.float32), "s1_b": bad}, scp=str(out / "feats.scp"))
+    mark_complete(out, "features", ["s1_a", "s1_b"], producer="test")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/utt2spk").write_text("s1_a s1\ns1_b s1\n")
+    assert cli.main(["extract", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(tmp_path / "data"), "--feats",
+                     str(out), "--out", str(tmp_path / "u"), "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"speechsq extract: error: utterance 's1_b' in {out / 'feats.ark'} has 1 NaN/Inf values "
+                   "(first at frame 5); recompute these features (`speechsq compute-feats`) and check the audio"]
+    assert not (tmp_path / "u").exists()
+
+
+class NaNModel(FakeModel):
+    """Poisons one output (``z_e`` or ``z_q``) of the frames that come from code 2."""
+
+    def __init__(self, poisoned: str):
+        self.poisoned = poisoned
+
+    def encode(self, feats, lengths):
+        out = super().encode(feats, lengths)
+        bad = (out["indices"] == 2)[..., None]
+        out[self.poisoned] = torch.where(bad, torch.full_like(out[self.poisoned], float("inf")), out[self.poisoned])
+        return out
+
+
+@pytest.mark.parametrize("poisoned", ["z_e", "z_q"])
+def test_model_nan_output_stops_extraction_and_keeps_old_units(tmp_path, poisoned):
+    from speechsq.eval.inputs import NonFiniteOutputError
+
+    feats = {"a": one_hot_feats([0, 1]), "b": one_hot_feats([2])}
+    extract(FakeModel(), feats, tmp_path / "u", frame_shift=0.01, progress=False)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in sorted((tmp_path / "u").rglob("*")) if p.is_file()}
+    with pytest.raises(NonFiniteOutputError, match=f"ckpt.pt gives NaN/Inf {poisoned} for utterance 'b'"):
+        extract(NaNModel(poisoned), feats, tmp_path / "u", frame_shift=0.01, progress=False, info={"checkpoint": "ckpt.pt"})
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in sorted((tmp_path / "u").rglob("*")) if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["u"]  # no partial dir left
+
+
+def test_extract_refuses_to_replace_a_foreign_directory(tmp_path):
+    from speechsq.data_prep.staging import OutputDirError
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/paper.tex").write_text("precious")
+    with pytest.raises(OutputDirError, match="results exists and does not look like a units directory"):
+        extract(FakeModel(), {"a": one_hot_feats([1])}, tmp_path / "results", frame_shift=0.01, progress=False)
+    assert (tmp_path / "results/paper.tex").read_text() == "precious"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data-dir", "d"], "--data-dir needs --feats"),
+    (["--wav", "w", "--feats", "f"], "--feats goes with --data-dir"),
+    (["--data-dir", "d", "--feats", "f", "--strict-sample-rate"], "--strict-sample-rate applies to --wav input"),
+])
+def test_extract_option_combinations(tmp_path, args, message):
+    from speechsq.eval.inputs import EvalInputError
+
+    with pytest.raises(EvalInputError, match=message):
+        main(["--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "u"), *args])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--items", "i"], "--items needs --units"),
+    (["--probe-ali", "a", "--units", "u"], "--probe-ali needs --units and --probe-data"),
+    (["--baseline-feats", "f"], "--baseline-feats needs --items"),
+])
+def test_evaluate_option_combinations(tmp_path, tiny_checkpoint, args, message):
+    from speechsq.eval import evaluate
+    from speechsq.eval.inputs import EvalInputError
+
+    with pytest.raises(EvalInputError, match=message):
+        evaluate.main(["--checkpoint", str(tiny_checkpoint), "--exp-dir", str(tmp_path / "run"), *args])
+    with pytest.raises(EvalInputError, match="nope.pt: no such checkpoint file"):
+        evaluate.main(["--checkpoint", str(tmp_path / "nope.pt"), "--exp-dir", str(tmp_path / "run")])
+
+
+# ------------------------------------------------------------------------------- extract: audio input
+def speechy(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * (150 + 50 * seed) * t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def test_extract_audio_file_or_folder(tmp_path, tiny_checkpoint, monkeypatch):
+    from speechsq.features import build_pipeline
+    from speechsq.features.logmel import LogMelPipeline
+
+    wavs = tmp_path / "wavs"
+    (wavs / "sub").mkdir(parents=True)
+    sf.write(wavs / "s1_a.WAV", speechy(0.4, 16000, 1), 16000, subtype="PCM_16")
+    sf.write(wavs / "sub/s1_b.flac", speechy(0.3, 16000, 2), 16000, format="FLAC")
+    sf.write(wavs / "sub/s2_c.wav", np.stack([speechy(0.3, 16000, 3)] * 2, axis=1), 16000, subtype="PCM_16")
+    sf.write(wavs / "s2_d.wav", np.zeros(4000, np.float32), 16000, subtype="PCM_16")  # silent
+    (wavs / "s2_e.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVE")  # truncated
+    calls = []
+    real = LogMelPipeline.featurize
+    monkeypatch.setattr(LogMelPipeline, "featurize", lambda self, path: calls.append(Path(path).name) or real(self, path))
+    assert run_extract(tiny_checkpoint, "--wav", wavs, "--out", tmp_path / "u") == 0
+    assert sorted(calls) == ["s1_a.WAV", "s1_b.flac", "s2_c.wav", "s2_d.wav", "s2_e.wav"]  # each file once
+    info = json.loads((tmp_path / "u/extract.json").read_text())
+    assert info["n_utterances"] == 3 and info["wav"] == str(wavs.resolve())
+    audio = info["audio"]
+    assert [(Path(s["path"]).name, s["reason"]) for s in audio["skipped"]] == [("s2_d.wav", "silent"), ("s2_e.wav", "not-audio")]
+    assert (audio["files"], audio["usable"], audio["notes"]) == (5, 3, {"s2_c": "mixed 2 channels down to mono"})
+    marker = json.loads((tmp_path / "u/complete.json").read_text())
+    assert marker["count"] == 3 and marker["keys_sha256"] == keys_digest(["s1_a", "s1_b", "s2_c"])
+    extractor = UnitExtractor.from_checkpoint(tiny_checkpoint)
+    pipeline = build_pipeline(extractor.cfg["preprocessing"])
+    expected = extractor.from_features(pipeline(wavs / "sub/s1_b.flac"))["dense"].numpy()
+    np.testing.assert_array_equal(np.load(tmp_path / "u/indices/s1_b.npy"), expected)
+    # one file, through the old option name
+    assert run_extract(tiny_checkpoint, "--wav-dir", wavs / "s1_a.WAV", "--out", tmp_path / "one") == 0
+    assert (tmp_path / "one/units.txt").read_text().split()[0] == "s1_a"
+    assert sorted(p.name for p in (tmp_path / "one/indices").iterdir()) == ["s1_a.npy"]
+
+
+def test_extract_audio_input_errors(tmp_path, tiny_checkpoint):
+    from speechsq.data_prep.audio import AudioInputError
+    from speechsq.errors import MismatchError
+
+    wavs = tmp_path / "wavs"
+    (wavs / "x").mkdir(parents=True)
+    (wavs / "y").mkdir()
+    sf.write(wavs / "x/utt.wav", speechy(0.3, 16000), 16000)
+    sf.write(wavs / "y/utt.ogg", speechy(0.3, 16000), 16000, format="OGG")
+    with pytest.raises(AudioInputError, match=r"x/utt\.wav and .*y/utt\.ogg would both be utterance 'utt'"):
+        run_extract(tiny_checkpoint, "--wav", wavs, "--out", tmp_path / "u")
+    (wavs / "y/utt.ogg").unlink()
+    sf.write(wavs / "y/low.wav", speechy(0.3, 8000), 8000)
+    with pytest.raises(MismatchError, match=r"1 of 2 files are not at 16000 Hz \(8000 Hz: 1"):
+        run_extract(tiny_checkpoint, "--wav", wavs, "--out", tmp_path / "u", "--strict-sample-rate")
+    assert run_extract(tiny_checkpoint, "--wav", wavs, "--out", tmp_path / "u") == 0
+    info = json.loads((tmp_path / "u/extract.json").read_text())
+    assert info["audio"]["notes"] == {"low": "resampled 8000 Hz -> 16000 Hz"}
+    assert info["audio"]["by_sample_rate"] == {"8000": 1, "16000": 1}
+    with pytest.raises(AudioInputError, match="nothing.wav does not exist"):
+        run_extract(tiny_checkpoint, "--wav", tmp_path / "nothing.wav", "--out", tmp_path / "v")
+
+
+# ----------------------------------------------------------------------------- evaluate: refusals
+def test_evaluate_refuses_incomplete_or_mismatched_units(tmp_path, tiny_checkpoint):
+    from speechsq.eval import evaluate
+    from speechsq.errors import IncompleteOutputError, MismatchError
+
+    data_dir, feat_dir, _ = make_set(tmp_path / "test", {"s1_a": 12, "s2_a": 12}, skipped={"s2_b": "silent"})
+    other_data, other_feats, _ = make_set(tmp_path / "parallel", {"s1_p": 12, "s2_p": 12})
+    units = tmp_path / "units"
+    assert run_extract(tiny_checkpoint, "--data-dir", data_dir, "--feats", feat_dir, "--out", units) == 0
+
+    def run(*args):
+        return evaluate.main(["--checkpoint", str(tiny_checkpoint), "--exp-dir", str(tmp_path / "run"), "--no-progress",
+                              "--device", "cpu", *map(str, args)])
+
+    items = tmp_path / "items"
+    items.write_text("#file onset offset #phone prev-phone next-phone speaker\n"
+                     "s1_a 0.02 0.08 a x y s1\ns2_a 0.02 0.08 b x y s2\ns1_p 0.02 0.08 a x y s1\n")
+    with pytest.raises(MismatchError, match=rf"1 of the 3 utterances of the item file {items} are not in the units {units} "
+                                            rf"\(extracted from data dir {data_dir.resolve()}\) \(e.g. s1_p\)"):
+        run("--units", units, "--items", items)
+    assert not (tmp_path / "run/eval/complete.json").exists()
+    # items of an utterance compute-feats skipped are dropped and counted
+    items.write_text("#file onset offset #phone prev-phone next-phone speaker\n"
+                     "s1_a 0.02 0.08 a x y s1\ns2_a 0.02 0.08 a x y s2\ns2_b 0.02 0.08 a x y s2\n")
+    assert run("--units", units, "--items", items) == 0
+    metrics = json.loads((tmp_path / "run/eval/metrics.json").read_text())
+    assert metrics["abx_items_dropped"] == 1
+    assert (tmp_path / "run/eval/items.used").read_text().count("\n") == 3
+    with pytest.raises(MismatchError, match=rf"features {other_feats} \(computed from {other_data}\) have no utterance "
+                                            rf"in common with {data_dir}"):
+        run("--mse-data", data_dir, "--mse-feats", other_feats)
+    with pytest.raises(MismatchError, match=r"2 of the 2 utterances of the units .* are not in --probe-data"):
+        run("--units", units, "--probe-data", other_data, "--probe-ali", tmp_path / "ali")
+    other_ckpt = make_checkpoint(tmp_path / "other.pt", seed=1, step=7)
+    with pytest.raises(MismatchError, match=rf"units in {units} were extracted with {tiny_checkpoint.resolve()} \(step 0\), "
+                                            rf"not with the evaluated checkpoint {other_ckpt.resolve()} \(step 7\)"):
+        evaluate.main(["--checkpoint", str(other_ckpt), "--exp-dir", str(tmp_path / "run"), "--units", str(units)])
+    (units / "indices" / "s1_a.npy").unlink()
+    with pytest.raises(IncompleteOutputError, match="indices holds 1 utterances but its complete.json says 2"):
+        run("--units", units)
+    (units / "complete.json").unlink()
+    with pytest.raises(IncompleteOutputError, match=r"units is incomplete \(no complete.json.*run `speechsq extract` again"):
+        run("--units", units)
+
+
+def test_disk_full_during_extraction_keeps_the_old_units(tmp_path, monkeypatch):
+    import errno
+
+    from speechsq.eval import extract as extract_module
+    from speechsq.errors import DiskFullError
+
+    feats = {"a": one_hot_feats([0, 1]), "b": one_hot_feats([2])}
+    extract(FakeModel(), feats, tmp_path / "u", frame_shift=0.01, progress=False)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in sorted((tmp_path / "u").rglob("*")) if p.is_file()}
+    real_save = np.save
+
+    def save(path, array, *args, **kw):
+        if Path(path).stem == "b":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(path, array, *args, **kw)
+
+    monkeypatch.setattr(extract_module.np, "save", save)
+    with pytest.raises(DiskFullError, match=rf"^No space left on device: {tmp_path / 'u'}$"):
+        extract(FakeModel(), feats, tmp_path / "u", frame_shift=0.01, progress=False)
+    monkeypatch.undo()
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in sorted((tmp_path / "u").rglob("*")) if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["u"]
+
+
+def test_evaluate_leaves_out_what_compute_feats_skipped_and_checks_the_baseline(tmp_path, tiny_checkpoint):
+    from speechsq.eval import evaluate
+    from speechsq.errors import MismatchError
+
+    data_dir, feat_dir, _ = make_set(tmp_path / "test", {"s1_a": 12, "s2_a": 12}, skipped={"s2_b": "silent"})
+    assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--exp-dir", str(tmp_path / "run"), "--mse-data",
+                          str(data_dir), "--mse-feats", str(feat_dir), "--no-progress", "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "run/eval/metrics.json").read_text())
+    assert (metrics["mse"]["n_utterances"], metrics["mse"]["n_frames"], metrics["mse"]["no_features"]) == (2, 20, 1)
+    assert metrics["bitrate_detail"]["n_symbols"] == 12  # units of the two scored utterances, 6 each
+
+    items = tmp_path / "items"
+    items.write_text("#file onset offset #phone prev-phone next-phone speaker\n"
+                     "s1_a 0.02 0.08 a x y s1\ns2_a 0.02 0.08 a x y s2\ns2_b 0.02 0.08 a x y s2\n")
+    base = tmp_path / "baseline"
+    assert evaluate.main(["--exp-dir", str(base), "--baseline-feats", str(feat_dir), "--items", str(items)]) == 0
+    assert json.loads((base / "eval/metrics.json").read_text())["abx_items_dropped"] == 1
+    assert json.loads((base / "eval/complete.json").read_text())["baseline_feats"] == str(feat_dir.resolve())
+    items.write_text(items.read_text() + "s9_z 0.02 0.08 a x y s9\n")
+    with pytest.raises(MismatchError, match=rf"1 of the 4 utterances of the item file {items} are not in the features {feat_dir}"):
+        evaluate.main(["--exp-dir", str(base), "--baseline-feats", str(feat_dir), "--items", str(items)])
+    assert not (base / "eval/complete.json").exists()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -13,21 +16,26 @@ import pytest
 import soundfile as sf
 from omegaconf import OmegaConf
 
+from speechsq.completion import keys_digest, mark_complete
 from speechsq.data_prep.audio import AudioProblem
 from speechsq.data_prep.kaldi_dir import KaldiDataDir
+from speechsq.errors import DiskFullError, IncompleteOutputError, MismatchError
 from speechsq.features import (
     PIPELINES,
     Cmvn,
+    FeatureError,
     FeatureReader,
-    FeatureStoreError,
+    NonFiniteFeaturesError,
     build_pipeline,
     load_features,
     load_preprocessing_config,
+    require_features,
 )
 from speechsq.features import compute as compute_module
 from speechsq.features.cmvn import RunningMoments
 from speechsq.features.compute import compute_features
 from speechsq.features.logmel import StftMagnitude
+from speechsq.features.store import ArkWriter
 from speechsq.features.reference import REFERENCES
 
 
@@ -148,8 +156,9 @@ def test_compute_skips_bad_files_with_reasons(tmp_path):
 def test_all_bad_is_an_error(tmp_path):
     silent = {"S900_0000000001": write(tmp_path / "s.wav", np.zeros(16000, np.float32), 16000)}
     d = make_data_dir(tmp_path, n=0, extra=silent)
-    assert compute_module.main(["--data-dir", str(d), "--out", str(tmp_path / "f"), "--nj", "1"]) == 1
-    assert not (tmp_path / "f/feats.scp").exists()
+    with pytest.raises(FeatureError, match=r"no utterance gave features \(1 skipped: silent=1\)"):
+        compute_module.main(["--data-dir", str(d), "--out", str(tmp_path / "f"), "--nj", "1"])
+    assert sorted(os.listdir(tmp_path / "f")) == []  # nothing written, no temporary file left
 
 
 # ------------------------------------------------------------------------- feature storage
@@ -184,10 +193,16 @@ def test_reader_follows_a_moved_directory(tmp_path):
         np.testing.assert_array_equal(reader[utt], x)
 
 
-def test_interrupted_run_leaves_no_complete_looking_scp(tmp_path, monkeypatch):
+def tree(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(directory).iterdir())}
+
+
+def test_interrupted_rerun_keeps_the_old_complete_directory(tmp_path, monkeypatch):
     d = make_data_dir(tmp_path, n=3)
     compute_features(d, tmp_path / "f", "zerospeech19", progress=False)
-    assert (tmp_path / "f/feats.scp").is_file()
+    before = tree(tmp_path / "f")
+    assert sorted(before) == ["audio_report.json", "complete.json", "feats.ark", "feats.scp", "preprocessing.yaml",
+                              "skipped", "utt2num_frames"]
     calls = {"n": 0}
     real = compute_module._extract
 
@@ -200,11 +215,167 @@ def test_interrupted_run_leaves_no_complete_looking_scp(tmp_path, monkeypatch):
     monkeypatch.setattr(compute_module, "_extract", interrupted)
     with pytest.raises(KeyboardInterrupt):
         compute_features(d, tmp_path / "f", "zerospeech19", progress=False)
-    assert not (tmp_path / "f/feats.scp").exists()
-    assert not (tmp_path / "f/utt2num_frames").exists()
-    assert sorted(os.listdir(tmp_path / "f")) == ["feats.ark", "preprocessing.yaml", "skipped"]  # old, inert
-    with pytest.raises(FeatureStoreError, match="did not finish"):
-        FeatureReader(tmp_path / "f")
+    assert tree(tmp_path / "f") == before  # untouched: no temporary file, the old features still usable
+    assert sorted(require_features(tmp_path / "f", d)) == KaldiDataDir.read(d).utterances
+
+
+def no_space_after(n_calls: int, monkeypatch) -> None:
+    """kaldiio.save_ark writes a little, then fails with ENOSPC from call ``n_calls`` on."""
+    real = kaldiio.save_ark
+    calls = {"n": 0}
+
+    def save_ark(f, mats, *args, **kw):
+        calls["n"] += 1
+        if calls["n"] >= n_calls:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, mats, *args, **kw)
+
+    monkeypatch.setattr(kaldiio, "save_ark", save_ark)
+
+
+def test_disk_full_keeps_the_old_directory_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    d = make_data_dir(tmp_path, n=3)
+    compute_features(d, tmp_path / "f", "zerospeech19", progress=False)
+    before = tree(tmp_path / "f")
+    old = load_features(tmp_path / "f")
+    no_space_after(2, monkeypatch)
+    with pytest.raises(DiskFullError, match=r"^No space left on device: .*/f/feats\.ark\.tmp$"):
+        compute_features(d, tmp_path / "f", "zerospeech19", progress=False)
+    assert tree(tmp_path / "f") == before
+    for utt, x in require_features(tmp_path / "f").items():
+        np.testing.assert_array_equal(x, old[utt])
+    # into a new directory: nothing that looks like features, no feats.ark.tmp filling the disk
+    with pytest.raises(DiskFullError):
+        compute_features(d, tmp_path / "g", "zerospeech19", progress=False)
+    assert os.listdir(tmp_path / "g") == []
+
+
+def test_disk_full_in_the_standardisation_pass(tmp_path, monkeypatch):
+    d = make_data_dir(tmp_path, sr=48000, n=2)
+    no_space_after(2, monkeypatch)  # the first raw matrix is written, the second is not
+    with pytest.raises(DiskFullError, match=r"^No space left on device: .*/f/raw\.ark\.tmp$"):
+        compute_features(d, tmp_path / "f", "vctk", progress=False)
+    assert os.listdir(tmp_path / "f") == []
+
+
+def test_disk_full_through_the_cli_is_one_line(tmp_path, monkeypatch, capsys):
+    from speechsq import cli
+
+    d = make_data_dir(tmp_path, n=2)
+    no_space_after(1, monkeypatch)
+    assert cli.main(["compute-feats", "--data-dir", str(d), "--out", str(tmp_path / "f"), "--nj", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].split("\r")[-1] == f"speechsq compute-feats: error: No space left on device: {tmp_path / 'f' / 'feats.ark.tmp'}"
+
+
+def test_completion_marker_and_require_features(tmp_path):
+    bad = {"S900_0000000001": write(tmp_path / "bad/silent.wav", np.zeros(16000, np.float32), 16000)}
+    d = make_data_dir(tmp_path, n=2, extra=bad)
+    compute_features(d, tmp_path / "f", "zerospeech19", progress=False)
+    marker = json.loads((tmp_path / "f/complete.json").read_text())
+    assert {k: marker[k] for k in ("kind", "count", "producer", "data_dir", "data_dir_utterances", "skipped",
+                                   "preprocessing", "cmvn_from", "sample_rates")} == {
+        "kind": "features", "count": 2, "producer": "speechsq compute-feats", "data_dir": str(d.resolve()),
+        "data_dir_utterances": 3, "skipped": 1, "preprocessing": "zerospeech19", "cmvn_from": None,
+        "sample_rates": {"16000": 2}}  # of the files that could be read
+    assert marker["keys_sha256"] == keys_digest(["S000_0000000000", "S001_0000000001"])
+    reader = require_features(tmp_path / "f", d)  # the silent utterance is listed in skipped: fine
+    assert sorted(reader) == ["S000_0000000000", "S001_0000000001"]
+    assert reader.skipped() == {"S900_0000000001": "silent RMS 0.00 LSB, peak 0 LSB of 16-bit audio (silence: RMS <= 8 "
+                                                   "LSB, -72.2 dBFS); peak normalisation would turn it into loud noise"}
+
+
+def test_require_features_refuses_incomplete_and_mismatched(tmp_path):
+    d = make_data_dir(tmp_path / "a", n=3)
+    other = make_data_dir(tmp_path / "b", n=2)
+    with pytest.raises(IncompleteOutputError, match=r"f does not exist; run `speechsq compute-feats` again"):
+        require_features(tmp_path / "f")
+    compute_features(d, tmp_path / "f", "zerospeech19", progress=False)
+    # another data dir with the same first utterances: the features have extra ones
+    with pytest.raises(MismatchError, match=rf"features {tmp_path / 'f'} \(computed from {d.resolve()}\): 1 of their 3 "
+                                            rf"utterances are not in {other} \(e.g. S002_0000000002\)"):
+        require_features(tmp_path / "f", other)
+    disjoint = tmp_path / "c"
+    KaldiDataDir({"X001_1": "/x.wav"}, {"X001_1": "X001"}).write(disjoint)
+    with pytest.raises(MismatchError, match=r"have no utterance in common with .*c \(3 vs 1 utterances\)"):
+        require_features(tmp_path / "f", disjoint)
+    bigger = tmp_path / "d"
+    data = KaldiDataDir.read(d)
+    KaldiDataDir({**data.wav_scp, "S009_9": "/x.wav"}, {**data.utt2spk, "S009_9": "S009"}).write(bigger)
+    with pytest.raises(MismatchError, match=r"1 of the 4 utterances of .*d have no features and are not listed as "
+                                            r"skipped \(e.g. S009_9\)"):
+        require_features(tmp_path / "f", bigger)
+    scp = tmp_path / "f/feats.scp"
+    scp.write_text("".join(scp.read_text().splitlines(keepends=True)[:2]))  # edited after the fact
+    with pytest.raises(IncompleteOutputError, match="lists 2 utterances but .*complete.json says 3"):
+        require_features(tmp_path / "f")
+    (tmp_path / "f/complete.json").unlink()
+    with pytest.raises(IncompleteOutputError, match="incomplete \\(no complete.json"):
+        require_features(tmp_path / "f")
+
+
+def test_nan_in_stored_features_names_the_utterance(tmp_path):
+    out = tmp_path / "f"
+    out.mkdir()
+    bad = np.zeros((5, 3), np.float32)
+    bad[3, 1] = np.nan
+    bad[4, 0] = np.inf
+    with open(out / "feats.ark", "wb") as f:
+        kaldiio.save_ark(f, {"u1": np.ones((4, 3), np.float32), "u2": bad}, scp=str(out / "feats.scp"))
+    mark_complete(out, "features", ["u1", "u2"], producer="test")
+    reader = require_features(out)
+    np.testing.assert_array_equal(reader["u1"], np.ones((4, 3), np.float32))
+    with pytest.raises(NonFiniteFeaturesError, match=r"utterance 'u2' in .*feats.ark has 2 NaN/Inf values "
+                                                     r"\(first at frame 3\); recompute"):
+        reader["u2"]
+    with pytest.raises(NonFiniteFeaturesError, match="u3: refusing to store features with NaN/Inf"):
+        ArkWriter(tmp_path / "g").write("u3", bad)
+
+
+def test_other_sample_rates_are_resampled_with_a_note_or_refused(tmp_path, caplog):
+    low = write(tmp_path / "wav/low.wav", speech_like(1.0, 8000, 5), 8000)
+    stereo = tmp_path / "wav/stereo.wav"
+    sf.write(stereo, np.stack([speech_like(1.0, 16000, 6)] * 2, axis=1), 16000, subtype="PCM_16")
+    d = make_data_dir(tmp_path, n=2, extra={"S008_0000000008": low, "S009_0000000009": str(stereo)})
+    with caplog.at_level(logging.WARNING):
+        report = compute_features(d, tmp_path / "f", "zerospeech19", progress=False)
+    assert f"S008_0000000008 ({low}): resampled 8000 Hz -> 16000 Hz" in caplog.text
+    assert f"S009_0000000009 ({stereo}): mixed 2 channels down to mono" in caplog.text
+    assert caplog.text.count("compute.py") == 2  # no note for the files already at 16 kHz mono
+    audio = json.loads((tmp_path / "f/audio_report.json").read_text())
+    assert (audio["by_sample_rate"], audio["by_channels"], audio["resampled_unexpected_rate"], audio["mixed_down"]) == (
+        {"8000": 1, "16000": 3}, {"1": 3, "2": 1}, 1, 1)
+    assert report.audio.describe() == ("4 audio files by sample rate (8000 Hz: 1, 16000 Hz: 3); 1 resampled to 16000 Hz "
+                                       "from a rate this pipeline does not expect; 1 mixed down to mono")
+    pipeline = build_pipeline("zerospeech19")
+    resampled = librosa.resample(sf.read(low, dtype="float32")[0], orig_sr=8000, target_sr=16000, res_type="soxr_hq")
+    np.testing.assert_array_equal(load_features(tmp_path / "f")["S008_0000000008"], pipeline.from_waveform(resampled))
+
+    before = tree(tmp_path / "f")
+    with pytest.raises(MismatchError, match=r"data/wav.scp: 1 of 4 files are not at 16000 Hz \(8000 Hz: 1; e\.g\. .*low\.wav\)"):
+        compute_module.main(["--data-dir", str(d), "--out", str(tmp_path / "f"), "--nj", "1", "--strict-sample-rate"])
+    assert tree(tmp_path / "f") == before
+
+
+def test_recomputing_with_cmvn_from_drops_the_old_statistics(tmp_path):
+    train = make_data_dir(tmp_path / "train", sr=48000, n=2)
+    compute_features(train, tmp_path / "f/train", "vctk", progress=False)
+    compute_features(train, tmp_path / "f/test", "vctk", progress=False)  # by mistake: own statistics
+    assert FeatureReader(tmp_path / "f/test").cmvn() is not None
+    compute_features(train, tmp_path / "f/test", "vctk", cmvn_from=tmp_path / "f/train/cmvn.npz", progress=False)
+    assert FeatureReader(tmp_path / "f/test").cmvn() is None  # no stale cmvn.npz next to the new features
+    assert json.loads((tmp_path / "f/test/complete.json").read_text())["cmvn_from"] == str(tmp_path / "f/train/cmvn.npz")
+
+
+def test_corpus_rate_of_a_pipeline_needs_no_note(tmp_path, caplog):
+    d = make_data_dir(tmp_path, sr=48000, n=2)
+    with caplog.at_level(logging.WARNING):
+        report = compute_features(d, tmp_path / "f", "vctk", progress=False, strict_sample_rate=True)
+    assert report.audio.notes == {} and "resampled" not in caplog.text
+    assert build_pipeline("vctk").expected_rates == {24000, 48000}
+    assert build_pipeline("zerospeech19").expected_rates == {16000}
 
 
 # --------------------------------------------------------------------------- standardisation

@@ -256,6 +256,26 @@ def test_celeba_mask_part_masks_combined_in_official_order(tmp_path):
     assert ids[150, 150] == hair_id and ids[300, 300] == skin_id and ids[450, 450] == 0
 
 
+def test_celeba_mask_partition_folders_of_the_sqvae_code(tmp_path):
+    # sony/sqvae vision/util.py reads CelebAMask-HQ/{train,val,test}_label/<i>.png
+    sizes = {"train": 5, "val": 2, "test": 3}
+    for prefix, count in sizes.items():
+        folder = tmp_path / "CelebAMask-HQ" / f"{prefix}_label"
+        folder.mkdir(parents=True)
+        for i in range(count):
+            ids = np.full((512, 512), (i + 3 * len(prefix)) % 19, np.uint8)
+            Image.fromarray(ids).save(folder / f"{i}.png")
+    for split, prefix in (("train", "train"), ("valid", "val"), ("test", "test")):
+        data = load_image_dataset("celeba_mask", split, root=tmp_path, pixels="categorical", partition="folders")
+        assert len(data) == sizes[prefix]
+        first = data.tensors(np.array([len(data) - 1]))["images"][0]
+        assert first.shape == (64, 64) and int(first[0, 0]) == (len(data) - 1 + 3 * len(prefix)) % 19
+    with pytest.raises(ImageDataError, match="no train_label/ folder"):
+        load_image_dataset("celeba_mask", "train", root=tmp_path / "CelebAMask-HQ" / "test_label", pixels="categorical", partition="folders")
+    with pytest.raises(ImageDataError, match="unknown partition 'official'"):
+        load_image_dataset("celeba_mask", "train", root=tmp_path, pixels="categorical", partition="official")
+
+
 def test_label_maps_out_of_range_and_colour_coded_are_errors(tmp_path):
     folder = tmp_path / "CelebAMask-HQ-mask"
     folder.mkdir()

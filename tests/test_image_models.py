@@ -10,7 +10,7 @@ import torch
 from speechsq.data.images import load_image_dataset
 from speechsq.likelihoods import LIKELIHOODS
 from speechsq.models import MODELS, build_model
-from speechsq.models.image import IMAGE_NETWORKS, ImageInputError, ImageVQVAE, ResBlock
+from speechsq.models.image import IMAGE_NETWORKS, ChannelMean, ImageInputError, ImageVQVAE, ResBlock, VarianceBranchEncoder
 from speechsq.quantizers import StepContext, build_quantizer
 
 
@@ -31,6 +31,8 @@ PAPER_GRIDS = [
     ("sqvae_celebamask", 64, 1, 8),  # App. E.3.2
     ("sqvae_gray_celeba", 64, 1, 8),
     ("edvae", 32, 3, 8),  # EdVAE App. D.2: w/4
+    ("sqvae_cifar_official", 32, 3, 8),  # sony/sqvae net_32.py
+    ("sqvae_celeba_official", 64, 3, 16),  # sony/sqvae net_64.py
 ]
 
 
@@ -44,6 +46,61 @@ def test_networks_give_the_papers_latent_grid_and_exact_code_round_trip(network,
     assert recon.shape == x.shape and float(recon.min()) >= 0 and float(recon.max()) <= 1  # sigmoid output
     torch.testing.assert_close(model.decode_indices(enc["indices"]), recon)
     assert IMAGE_NETWORKS.get(network).downsampling == side // latent
+
+
+def _count(module, kind):
+    return sum(isinstance(m, kind) for m in module.modules())
+
+
+@pytest.mark.parametrize(
+    ("network", "enc_res", "dec_res", "bn_after_conv3"),
+    [("sqvae_cifar", 6, 6, False), ("sqvae_cifar_official", 2, 2, True), ("sqvae_celeba_official", 6, 5, False)],
+)
+def test_cifar_celeba_networks_paper_and_official(network, enc_res, dec_res, bn_after_conv3):
+    model = _model(network, channels=3)
+    assert (_count(model.encoder, ResBlock), _count(model.decoder, ResBlock)) == (enc_res, dec_res)
+    layers = list(model.encoder)
+    conv3 = next(i for i, m in enumerate(layers) if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert isinstance(layers[conv3 + 1], torch.nn.BatchNorm2d) == bn_after_conv3
+
+
+@pytest.mark.parametrize(("quantizer", "extra"), [("sq_gauss2", 1), ("sq_gauss3", 1), ("sq_gauss4", 16)])
+def test_official_variance_head_is_its_own_resblock(quantizer, extra):
+    torch.manual_seed(0)
+    q = build_quantizer(quantizer, num_codes=8, code_dim=16, variance_form="additive")
+    model = ImageVQVAE(q, LIKELIHOODS.get("gaussian_closed_form")(), "sqvae_mnist", 1, None, width=16, variance_head="resblock").eval()
+    enc = model.encoder
+    assert isinstance(enc, VarianceBranchEncoder)
+    # sqvae_mnist has 2 encoder ResBlocks: one in the trunk, the last is the mean head; the variance head is a third
+    assert (_count(enc.trunk, ResBlock), _count(enc.mean_head, ResBlock), _count(enc.variance_head, ResBlock)) == (1, 1, 1)
+    assert isinstance(enc.variance_head[-1], ChannelMean) == (extra == 1)
+    x = torch.rand(2, 1, 28, 28)
+    z = enc(x)
+    features = enc.trunk(x)
+    assert z.shape == (2, 16 + extra, 7, 7)
+    torch.testing.assert_close(z[:, :16], enc.mean_head(features))
+    head = enc.variance_head[0](features)  # the ResBlock's d_b channels
+    torch.testing.assert_close(z[:, 16:], head.mean(1, keepdim=True) if extra == 1 else head)
+
+
+def test_variance_head_resblock_is_for_the_gaussian_sq_family():
+    lik = LIKELIHOODS.get("gaussian_closed_form")()
+    plain = ImageVQVAE(build_quantizer("sq_gauss1", num_codes=8, code_dim=16), lik, "sqvae_mnist", width=16, variance_head="resblock")
+    assert isinstance(plain.encoder, torch.nn.Sequential)  # (I): no variance channels, nothing to branch
+    with pytest.raises(ValueError, match="variance_head=resblock is the SQ-VAE image code's variance branch"):
+        ImageVQVAE(build_quantizer("gmvq", num_codes=8, code_dim=16), lik, "sqvae_mnist", width=16, variance_head="resblock")
+    with pytest.raises(ValueError, match="needs a network whose encoder ends in ResBlocks"):
+        ImageVQVAE(build_quantizer("sq_gauss3", num_codes=8, code_dim=16), lik, "sqvae_two_layer", width=16, variance_head="resblock")
+    with pytest.raises(ValueError, match="unknown variance_head 'conv'"):
+        ImageVQVAE(build_quantizer("sq_gauss3", num_codes=8, code_dim=16), lik, "sqvae_mnist", width=16, variance_head="conv")
+
+
+def test_mean_commitment_must_match_the_models_data_dimensions_per_position():
+    lik = LIKELIHOODS.get("gaussian_fixed")(sigma2=0.5)
+    q = build_quantizer("vq_ema", num_codes=8, code_dim=16, commitment_reduction="mean", data_dims_per_position=48)
+    ImageVQVAE(q, lik, "sqvae_cifar", channels=3, width=16)  # 3 x 4 x 4 = 48
+    with pytest.raises(ValueError, match=r"data_dims_per_position=48, but this model has 16 .* set quantizer.options.data_dims_per_position=16"):
+        ImageVQVAE(q, lik, "sqvae_mnist", channels=1, width=16)
 
 
 def test_resblock_is_the_identity_when_its_last_batchnorm_is_zero():

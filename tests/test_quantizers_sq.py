@@ -168,6 +168,40 @@ def test_vmf_eval_codes_are_unit_and_regulariser_is_kappa_one_minus_cosine():
     assert out.metrics["kappa_phi"].item() == pytest.approx(3.0)
 
 
+def test_vmf_training_forward_uses_the_normalised_codebook():
+    # issue 14: "the vMF codebook not normalised in the forward"
+    q = build_quantizer("sq_vmf", num_codes=K, code_dim=D, kappa_init=5.0).train()
+    with torch.no_grad():
+        q.codebook.mul_(5.0)  # rows far from unit norm
+    rows = rows_for(q, n=12, dtype=torch.float32)
+    torch.manual_seed(0)
+    out = q(rows.reshape(3, 4, D), None, StepContext(temperature=1e-4))  # one-hot relaxed samples
+    z_q, idx = out.z_q.reshape(-1, D), out.indices.reshape(-1)
+    unit_codes = torch.nn.functional.normalize(q.codebook.detach(), dim=-1)
+    torch.testing.assert_close(z_q.detach(), unit_codes[idx])
+    torch.testing.assert_close(z_q.detach().norm(dim=-1), torch.ones(12))
+    cos = (torch.nn.functional.normalize(rows, dim=-1) * unit_codes[idx]).sum(-1)
+    torch.testing.assert_close(out.terms["regulariser"].detach(), 5.0 * (1 - cos).sum() / 3)
+
+
+def test_additive_variance_form_is_the_image_codes_sigma2():
+    # sony/sqvae vision/model.py: param_q = exp(log_var_q) + exp(log_param_q_scalar), log_var_q = 0 for (I)
+    q1 = build_quantizer("sq_gauss1", num_codes=K, code_dim=D, variance_form="additive", log_sigma2_init=math.log(20.0))
+    out = q1.eval()(torch.randn(1, 5, D))
+    assert out.metrics["sigma2_phi"].item() == pytest.approx(21.0, rel=1e-6)
+    assert build_quantizer("sq_gauss1", num_codes=K, code_dim=D).variance_form == "scaled"
+    q3 = build_quantizer("sq_gauss3", num_codes=K, code_dim=D, variance_form="additive", log_sigma2_init=math.log(20.0)).eval()
+    rows = rows_for(q3, n=8, dtype=torch.float32)
+    out = q3(rows.reshape(2, 4, -1))
+    var = rows[:, D:].exp() + 20.0  # e^e + e^s per position
+    idx = out.indices.reshape(-1)
+    reg = (0.5 * (rows[:, :D] - q3.codebook.detach()[idx]).pow(2) / var).sum() / 2
+    torch.testing.assert_close(out.terms["regulariser"].detach(), reg)
+    assert out.metrics["sigma2_phi"].item() == pytest.approx(var.mean().item(), rel=1e-6)
+    with pytest.raises(QuantizerInputError, match="unknown variance_form 'sum'"):
+        build_quantizer("sq_gauss2", num_codes=K, code_dim=D, variance_form="sum")
+
+
 @pytest.mark.parametrize("name", ["sq_gauss1", "sq_gauss2", "sq_gauss3", "sq_gauss4", "sq_vmf"])
 def test_gradients_reach_codebook_variance_and_encoder_without_stop_gradient(name):
     q = build_quantizer(name, num_codes=K, code_dim=D).train()

@@ -3,12 +3,14 @@
 #
 #   bash recipes/vctk/run.sh                                 # embedded corpus in the VCTK layout, mini, CPU
 #   bash recipes/vctk/run.sh --corpus /data/VCTK-Corpus --config paper --ngpu 1 \
-#        --quantizers "vq_ema sq_gauss1 sq_gauss3 sq_gauss4" --seeds "1 2 3"
+#        --quantizers "vq_ema sq_gauss1 sq_gauss3 sq_gauss4" --vq-sigma2 "0.01 0.1 1 10" --seeds "1 2 3"
 #
 # Stages: 0 set-up and corpus; 1 data dirs (deterministic 90/10 split); 2 features (48 kHz ->
-# 24 kHz ParallelWaveGAN-style log-Mel, standardised with training-set statistics); 3 training;
-# 4 unit extraction on the test split; 5 evaluation (MSE in dB^2 after undoing the
-# standardisation, bitrate, codebook statistics); 6 report.
+# 24 kHz ParallelWaveGAN-style log-Mel, standardised with training-set statistics); 3 training
+# (one model per quantizer, VQ-family decoder variance of the --vq-sigma2 grid and seed,
+# --train-nj at a time); 4 unit extraction on the test split; 5 evaluation (MSE in dB^2 after
+# undoing the standardisation, bitrate, codebook statistics); 6 report with the paper's claims
+# (SQ-VAE Table 9, VCTK column) checked.
 set -euo pipefail
 
 # ---- defaults (each can be set with --name value; see --help) ----------------------------
@@ -18,10 +20,13 @@ corpus=""                  # VCTK 0.80 root (with wav48/ and txt/); empty = embe
 corpus_utterances=0        # embedded corpus size (0 = the generator's default)
 corpus_seed=0              # embedded corpus seed
 quantizers="vq_ema sq_gauss1"   # registry names (speechsq.quantizers.list_quantizers())
-seeds="1"                  # one model per quantizer and seed
+vq_sigma2="0.1 1 10"       # decoder variance grid for the VQ family (Table 9: "0.01 0.1 1 10"; "" = config value)
+seeds="1 2 3"              # one model per run and seed
 config=mini                # paper | mini (speechsq/conf/experiment/)
 tag=""                     # experiment tag (default: <config>)
-nj=2                       # parallel jobs for features
+nj=2                       # parallel jobs for features and evaluation
+train_nj=0                 # training jobs at a time (0 = one per core on CPU, 1 with GPUs)
+threads=""                 # intra-op threads per training job (default: cores // train-nj)
 ngpu=0                     # GPUs for training (0 = CPU; >1 = torchrun data parallel)
 train_steps=""             # override the configuration's number of training steps
 overrides=""               # extra hydra overrides for training
@@ -40,10 +45,14 @@ exp=exp/$tag
 redo=${_po_set_stage:-0}   # an explicit --stage redoes finished work
 
 log() { echo "$(date '+%F %T') [vctk] $*"; }
+die() { echo "$0: error: $*" >&2; exit 2; }
 stage_on() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 need() { [ "$redo" = 1 ] || [ ! -f "$1" ]; }
 
-log "tag=$tag config=$config quantizers='$quantizers' seeds='$seeds' stages $stage..$stop_stage"
+. ../utils/runs.sh
+if [ "$train_nj" -le 0 ]; then train_nj=$([ "$ngpu" -gt 0 ] && echo 1 || nproc); fi
+runs=$exp/runs.txt          # one line per model: <run> <quantizer> <seed> [overrides] (utils/runs.sh)
+log "tag=$tag config=$config quantizers='$quantizers' vq-sigma2='$vq_sigma2' seeds='$seeds' stages $stage..$stop_stage"
 
 # ---- stage 0: set-up and corpus ----------------------------------------------------------
 . ./path.sh
@@ -86,40 +95,63 @@ if stage_on 2; then
 fi
 
 # ---- stage 3: training -------------------------------------------------------------------
+# ---- before training: the inputs of every later stage ----------------------------------
+check_inputs() {
+  local set
+  for set in train test; do
+    [ -f feats/$set/feats.scp ] || die "feats/$set is missing: run stage 2 (--stage 2)"
+  done
+  [ -f feats/train/cmvn.npz ] || die "feats/train/cmvn.npz is missing (MSE in dB^2 undoes the standardisation): re-run stage 2"
+  local unknown  # MSE reconstructs each test utterance with its own speaker's embedding
+  unknown=$(cut -d' ' -f2 data/test/utt2spk | sort -u | grep -vxF -f <(cut -d' ' -f2 data/train/utt2spk | sort -u) || true)
+  [ -z "$unknown" ] || die "speaker(s) of data/test not in the training set: $(echo $unknown); MSE needs their embeddings"
+}
+
+if stage_on 3 || stage_on 4 || stage_on 5; then
+  check_inputs
+  if [ ! -s "$runs" ] || stage_on 3; then
+    write_runs "$runs" "$config" "$quantizers" "$vq_sigma2" "$seeds"
+  fi
+  log "runs: $(cut -d' ' -f1 "$runs" | sort -u | tr '\n' ' ')x seeds '$seeds' ($(wc -l < "$runs") models)"
+fi
+
 if stage_on 3; then
-  log "stage 3: training ($quantizers; seeds $seeds)"
-  ../steps/train.sh --quantizers "$quantizers" --seeds "$seeds" --config "$config" --ngpu "$ngpu" \
+  log "stage 3: training ($train_nj job(s) at a time)"
+  ../steps/train.sh --runs "$runs" --config "$config" --nj "$train_nj" --threads "$threads" --ngpu "$ngpu" \
     --train-steps "$train_steps" --overrides "$overrides" --redo "$redo" --cmd "$train_cmd" \
     $exp preprocessing=vctk data.feats_dir=feats/train data.data_dir=data/train
 fi
 
-# ---- stage 4: unit extraction ------------------------------------------------------------
 if stage_on 4; then
   log "stage 4: unit extraction on the test split"
-  ../steps/extract.sh --quantizers "$quantizers" --seeds "$seeds" --redo "$redo" --cmd "$decode_cmd" \
-    $exp data/test feats/test
+  ../steps/extract.sh --runs "$runs" --redo "$redo" --cmd "$decode_cmd" $exp data/test feats/test
 fi
 
-# ---- stage 5: evaluation -----------------------------------------------------------------
+evaluate_one() {  # run seed
+  local dir=$exp/$1/seed$2
+  OMP_NUM_THREADS=1 $decode_cmd $dir/log/evaluate.log speechsq evaluate --checkpoint $dir/checkpoints/last.pt \
+    --exp-dir $dir --mse-data data/test --mse-feats feats/test --cmvn feats/train/cmvn.npz \
+    --units $dir/units --no-progress < /dev/null > /dev/null \
+    && touch $dir/.eval.done
+}
 if stage_on 5; then
-  for q in $quantizers; do
-    for seed in $seeds; do
-      dir=$exp/$q/seed$seed
-      if need $dir/.eval.done; then
-        log "stage 5: evaluate $q seed $seed (MSE in dB^2 on the test split)"
-        $decode_cmd $dir/log/evaluate.log speechsq evaluate --checkpoint $dir/checkpoints/last.pt \
-          --exp-dir $dir --mse-data data/test --mse-feats feats/test --cmvn feats/train/cmvn.npz \
-          --units $dir/units --no-progress
-        touch $dir/.eval.done
-      fi
-    done
-  done
+  log "stage 5: evaluation, MSE in dB^2 on the test split ($nj job(s) at a time)"
+  while read -r name q seed _; do
+    [ -n "$name" ] || continue
+    if need $exp/$name/seed$seed/.eval.done; then
+      rm -f $exp/$name/seed$seed/.eval.done
+      wait_for_slot "$nj"
+      evaluate_one "$name" "$seed" &
+    fi
+  done < "$runs"
+  wait || true
+  failed=$(while read -r name q seed _; do [ -f $exp/$name/seed$seed/.eval.done ] || echo "$exp/$name/seed$seed/log/evaluate.log"; done < "$runs")
+  [ -z "${failed// /}" ] || { echo "$0: evaluation failed; see $(echo $failed)" >&2; exit 1; }
 fi
 
-# ---- stage 6: report ---------------------------------------------------------------------
 if stage_on 6; then
   log "stage 6: report"
-  speechsq report --exp-dir $exp
+  speechsq report --exp-dir $exp --claims sqvae_vctk
   speechsq plots --exp-dir $exp --feats feats/test --data-dir data/test   # reconstructions.png, training_curves.png
   log "results: $recipe_dir/$exp/results.md"
 fi

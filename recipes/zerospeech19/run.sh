@@ -2,19 +2,23 @@
 # ZeroSpeech 2019 English: discrete units with any quantizer, scored as SQ-VAE Tables 9-10.
 #
 #   bash recipes/zerospeech19/run.sh                       # embedded corpus, mini config, CPU
-#   bash recipes/zerospeech19/run.sh --corpus /data/zs2019/english --config paper --ngpu 1 \
-#        --quantizers "vq_ema sq_gauss1 sq_gauss3 sq_gauss4" --seeds "1 2 3"
+#   bash recipes/zerospeech19/run.sh --corpus /data/zs2019/english --items /data/zs2019/test.item \
+#        --config paper --ngpu 1 --quantizers "vq_ema sq_gauss1 sq_gauss3 sq_gauss4" \
+#        --vq-sigma2 "0.01 0.1 1 10" --seeds "1 2 3"
 #
 # Stages (each logs a timestamped line; --stage/--stop-stage select a range):
 #   0 set-up and corpus (the embedded espeak-ng corpus when --corpus is not given)
-#   1 Kaldi data dirs        data/{train,parallel,parallel_source,test}
+#   1 Kaldi data dirs        data/{train,parallel,parallel_source,test}, ABX items in data/test/items
 #   2 log-Mel features       feats/<set>/feats.scp
-#   3 training               exp/<tag>/<quantizer>/seed<N>/
-#   4 unit extraction        exp/<tag>/<quantizer>/seed<N>/units/ (ZeroSpeech submission tree)
+#   3 training               exp/<tag>/<run>/seed<N>/, <run> = quantizer (+ _sigma2_<v> for the
+#                            VQ family over the --vq-sigma2 grid), --train-nj jobs at a time
+#   4 unit extraction        exp/<tag>/<run>/seed<N>/units/ (ZeroSpeech submission tree)
 #   5 evaluation             MSE (dB^2) on parallel, ABX across/within on test, bitrate, codebook,
 #                            and the log-Mel features themselves as an ABX baseline
-#   6 report                 exp/<tag>/results.{json,md}
+#   6 report                 exp/<tag>/results.{json,md} with the paper's claims checked
 #
+# Before training, the inputs of every later stage are checked (ABX items, the parallel set
+# for MSE, its speakers), so a missing file fails in minutes, not after training.
 # Re-running skips work whose outputs are complete (each job writes a .done marker last);
 # an explicit --stage N redoes stages N..stop-stage.
 set -euo pipefail
@@ -23,13 +27,17 @@ set -euo pipefail
 stage=0                    # first stage to run
 stop_stage=6               # last stage to run
 corpus=""                  # ZeroSpeech 2019 english/ root; empty = embedded corpus
+items=""                   # ABX item file of the test set (default: <corpus>/alignments/test.item)
 corpus_utterances=0        # embedded corpus size (0 = the generator's default)
 corpus_seed=0              # embedded corpus seed
 quantizers="vq_ema sq_gauss1"   # registry names (speechsq.quantizers.list_quantizers())
-seeds="1"                  # one model per quantizer and seed
+vq_sigma2="0.1 1 10"       # decoder variance grid for the VQ family (Table 9: "0.01 0.1 1 10"; "" = config value)
+seeds="1 2 3"              # one model per run and seed
 config=mini                # paper | mini (speechsq/conf/experiment/)
 tag=""                     # experiment tag (default: <config>)
 nj=2                       # parallel jobs for features and evaluation
+train_nj=0                 # training jobs at a time (0 = one per core on CPU, 1 with GPUs)
+threads=""                 # intra-op threads per training job (default: cores // train-nj)
 ngpu=0                     # GPUs for training (0 = CPU; >1 = torchrun data parallel)
 train_steps=""             # override the configuration's number of training steps
 abx_distance=cosine        # ABX frame distance for continuous features
@@ -50,11 +58,15 @@ exp=exp/$tag
 redo=${_po_set_stage:-0}
 
 log() { echo "$(date '+%F %T') [zerospeech19] $*"; }
+die() { echo "$0: error: $*" >&2; exit 2; }
 stage_on() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 # done_or_redo MARKER: true when the work behind MARKER must (re)run
 need() { [ "$redo" = 1 ] || [ ! -f "$1" ]; }
 
-log "tag=$tag config=$config quantizers='$quantizers' seeds='$seeds' stages $stage..$stop_stage"
+. ../utils/runs.sh
+if [ "$train_nj" -le 0 ]; then train_nj=$([ "$ngpu" -gt 0 ] && echo 1 || nproc); fi
+runs=$exp/runs.txt          # one line per model: <run> <quantizer> <seed> [overrides] (utils/runs.sh)
+log "tag=$tag config=$config quantizers='$quantizers' vq-sigma2='$vq_sigma2' seeds='$seeds' stages $stage..$stop_stage"
 
 # ---- stage 0: set-up and corpus ----------------------------------------------------------
 . ./path.sh   # creates/activates the environment (fast when it exists)
@@ -83,6 +95,15 @@ if stage_on 1; then
   if need data/.done; then
     rm -rf data
     $cpu_cmd data/log/prepare.log speechsq prepare-data --corpus zerospeech19 --root "$corpus" --out data
+    if [ -n "$items" ]; then
+      [ -s "$items" ] || die "--items $items does not exist or is empty"
+      cp "$items" data/test/items
+    fi
+    if [ "$stop_stage" -ge 5 ] && [ ! -s data/test/items ]; then
+      die "no ABX item file for the test set ($corpus/alignments/test.item does not exist): pass --items PATH, \
+or make one from phone alignments with 'speechsq make-items --ali ALI --utt2spk data/test/utt2spk --out ITEMS', \
+or stop before evaluation with --stop-stage 4"
+    fi
     for set in train parallel test; do
       speechsq validate-data-dir data/$set
     done
@@ -103,10 +124,34 @@ if stage_on 2; then
   done
 fi
 
+# ---- before training: the inputs of every later stage ----------------------------------
+check_inputs() {
+  local set
+  for set in train parallel test; do
+    [ -f feats/$set/feats.scp ] || die "feats/$set is missing: run stage 2 (--stage 2)"
+  done
+  if [ "$stop_stage" -ge 5 ]; then
+    [ -s data/test/items ] || die "data/test/items (ABX) is missing: re-run stage 1 with --items PATH"
+    speechsq validate-data-dir data/test > /dev/null || die "data/test does not validate (its items?): speechsq validate-data-dir data/test"
+    # MSE reconstructs each parallel utterance with its own speaker's embedding
+    local unknown
+    unknown=$(cut -d' ' -f2 data/parallel/utt2spk | sort -u | grep -vxF -f <(cut -d' ' -f2 data/train/utt2spk | sort -u) || true)
+    [ -z "$unknown" ] || die "speaker(s) of data/parallel not in the training set: $(echo $unknown); MSE needs their embeddings"
+  fi
+}
+
+if stage_on 3 || stage_on 4 || stage_on 5; then
+  check_inputs
+  if [ ! -s "$runs" ] || stage_on 3; then
+    write_runs "$runs" "$config" "$quantizers" "$vq_sigma2" "$seeds"
+  fi
+  log "runs: $(cut -d' ' -f1 "$runs" | sort -u | tr '\n' ' ')x seeds '$seeds' ($(wc -l < "$runs") models)"
+fi
+
 # ---- stage 3: training -------------------------------------------------------------------
 if stage_on 3; then
-  log "stage 3: training ($quantizers; seeds $seeds)"
-  ../steps/train.sh --quantizers "$quantizers" --seeds "$seeds" --config "$config" --ngpu "$ngpu" \
+  log "stage 3: training ($train_nj job(s) at a time)"
+  ../steps/train.sh --runs "$runs" --config "$config" --nj "$train_nj" --threads "$threads" --ngpu "$ngpu" \
     --train-steps "$train_steps" --overrides "$overrides" --redo "$redo" --cmd "$train_cmd" \
     $exp data.feats_dir=feats/train data.data_dir=data/train
 fi
@@ -114,38 +159,45 @@ fi
 # ---- stage 4: unit extraction ------------------------------------------------------------
 if stage_on 4; then
   log "stage 4: unit extraction on the test set (ZeroSpeech 2019 submission tree)"
-  ../steps/extract.sh --quantizers "$quantizers" --seeds "$seeds" --redo "$redo" --cmd "$decode_cmd" \
+  ../steps/extract.sh --runs "$runs" --redo "$redo" --cmd "$decode_cmd" \
     $exp data/test feats/test --zerospeech
 fi
 
 # ---- stage 5: evaluation -----------------------------------------------------------------
+evaluate_one() {  # run seed
+  local dir=$exp/$1/seed$2
+  OMP_NUM_THREADS=1 $decode_cmd $dir/log/evaluate.log speechsq evaluate --checkpoint $dir/checkpoints/last.pt \
+    --exp-dir $dir --mse-data data/parallel --mse-feats feats/parallel \
+    --units $dir/units --items data/test/items --abx-distance "$abx_distance" \
+    --probe-data data/test --probe-ali data/test/ali --no-progress < /dev/null > /dev/null \
+    && touch $dir/.eval.done
+}
 if stage_on 5; then
+  log "stage 5: evaluation ($nj job(s) at a time)"
   if need $exp/baseline/.done; then
-    log "stage 5: ABX of the log-Mel features (baseline)"
     rm -rf $exp/baseline
-    $cpu_cmd $exp/baseline/log/evaluate.log speechsq evaluate --exp-dir $exp/baseline \
-      --baseline-feats feats/test --items data/test/items --abx-distance "$abx_distance"
-    touch $exp/baseline/.done
+    (OMP_NUM_THREADS=1 $cpu_cmd $exp/baseline/log/evaluate.log speechsq evaluate --exp-dir $exp/baseline \
+      --baseline-feats feats/test --items data/test/items --abx-distance "$abx_distance" < /dev/null > /dev/null \
+      && touch $exp/baseline/.done) &
   fi
-  for q in $quantizers; do
-    for seed in $seeds; do
-      dir=$exp/$q/seed$seed
-      if need $dir/.eval.done; then
-        log "stage 5: evaluate $q seed $seed"
-        $decode_cmd $dir/log/evaluate.log speechsq evaluate --checkpoint $dir/checkpoints/last.pt \
-          --exp-dir $dir --mse-data data/parallel --mse-feats feats/parallel \
-          --units $dir/units --items data/test/items --abx-distance "$abx_distance" \
-          --probe-data data/test --probe-ali data/test/ali --no-progress
-        touch $dir/.eval.done
-      fi
-    done
-  done
+  while read -r name q seed _; do
+    [ -n "$name" ] || continue
+    if need $exp/$name/seed$seed/.eval.done; then
+      rm -f $exp/$name/seed$seed/.eval.done
+      wait_for_slot "$nj"
+      evaluate_one "$name" "$seed" &
+    fi
+  done < "$runs"
+  wait || true
+  failed=$(while read -r name q seed _; do [ -f $exp/$name/seed$seed/.eval.done ] || echo "$exp/$name/seed$seed/log/evaluate.log"; done < "$runs")
+  [ -f $exp/baseline/.done ] || failed="$failed $exp/baseline/log/evaluate.log"
+  [ -z "${failed// /}" ] || { echo "$0: evaluation failed; see $(echo $failed)" >&2; exit 1; }
 fi
 
 # ---- stage 6: report ---------------------------------------------------------------------
 if stage_on 6; then
   log "stage 6: report"
-  speechsq report --exp-dir $exp
+  speechsq report --exp-dir $exp --claims sqvae_zerospeech19
   speechsq plots --exp-dir $exp --feats feats/parallel --data-dir data/parallel   # reconstructions.png, training_curves.png
   log "results: $recipe_dir/$exp/results.md"
 fi

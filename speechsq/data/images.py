@@ -346,11 +346,21 @@ def load_gray_celeba_dataset(root, split: str, crop: int = 140, size: int = 64) 
 
 @register_dataset("celeba_mask")
 def load_celeba_mask_dataset(
-    root, split: str, size: int = 64, valid_fraction: float = 0.1, test_fraction: float = 0.1
+    root, split: str, size: int = 64, valid_fraction: float = 0.1, test_fraction: float = 0.1, partition: str = "seeded"
 ) -> RawImages:
-    """CelebAMask-HQ segmentation maps, 19 categories, nearest resize to 64x64."""
-    kind, items = celeba_fmt.celeba_mask_sources(root)
+    """CelebAMask-HQ segmentation maps, 19 categories, nearest resize to 64x64.
+
+    ``partition``: ``seeded`` (a fixed seeded split of all masks by face index) or ``folders``
+    (the dataset's own ``train_label/ val_label/ test_label/`` folders, as the SQ-VAE code reads them).
+    """
     n = celeba_fmt.CELEBA_MASK_CATEGORIES
+    if partition == "folders":
+        files = celeba_fmt.celeba_mask_partition_files(root, split)
+        read_file = lambda path: read_label_map(path, n, size)  # noqa: E731
+        return RawImages(FileStore(files, read_file, read_file(files[0]).shape), None, num_values=n, label_map=True)
+    if partition != "seeded":
+        raise ImageDataError(f"celeba_mask: unknown partition {partition!r}; choose seeded or folders")
+    kind, items = celeba_fmt.celeba_mask_sources(root)
     # No official split ships with the masks: a fixed seeded split by face index.
     keep = seeded_fractions(len(items), split, valid_fraction, test_fraction, f"celeba_mask {root}")
     items = [items[i] for i in keep]

@@ -11,6 +11,13 @@ the context frames and the loss covers the 32 inner ones. Utterances shorter tha
 are skipped with one log line. Utterances are visited in a new shuffled order per pass (as the
 reference's shuffled ``DataLoader``), each giving one segment at a uniformly random offset.
 
+At start every utterance this process will draw from is read once (kept in memory with
+``preload``): its shape, its length against ``utt2num_frames`` and that it holds no NaN/Inf,
+so a bad utterance fails at start, named, not when one of its segments happens to be drawn.
+Without preloading the scan reads and drops each matrix: on the embedded corpus's training
+set (280 utterances, 75 936 frames of 80 mels) it adds 0.02 s to the start (0.001 s without
+it; measured on a shared 2-core machine).
+
 ``{"feats": (B, n_mels, T) float32, "speaker": (B,) int64, "lengths": (B,) int64}``
 
 Speaker ids index the sorted speakers of the whole utt2spk (not of one shard), so every
@@ -115,8 +122,7 @@ class SpeechSegmentSource:
         self.frames = np.array([frames[u] for u in self.utterances], dtype=np.int64)
         self.speaker_of = np.array([speaker_id[utt2spk[u]] for u in self.utterances], dtype=np.int64)
         self._cache: dict[str, np.ndarray] | None = None
-        if preload:
-            self._cache = {u: self._load(u) for u in self.utterances}
+        self._scan(frames, keep=preload)
 
         self._rng = np.random.default_rng([int(seed), self.rank])
         self._order = np.empty(0, dtype=np.int64)
@@ -196,6 +202,25 @@ class SpeechSegmentSource:
         for u in utts:
             frames[u] = self._load(u).shape[0]
         return frames
+
+    def _scan(self, frames: dict[str, int], keep: bool) -> None:
+        """Read every utterance of this process once: shape, length and finiteness (see the
+        module docstring); with ``keep`` the matrices become the preload cache."""
+        from speechsq.features.store import check_finite
+
+        cache = {}
+        for utt in self.utterances:
+            mat = self._load(utt)
+            check_finite(mat, utt, self.feats_dir / "feats.scp", error=SpeechDataError)
+            if mat.shape[0] != frames[utt]:
+                raise SpeechDataError(
+                    f"utterance {utt!r}: {mat.shape[0]} frames in {self.feats_dir / 'feats.scp'} but {frames[utt]} in "
+                    f"utt2num_frames; recompute the features with `speechsq compute-feats`"
+                )
+            if keep:
+                cache[utt] = mat
+        if keep:
+            self._cache = cache
 
     def _load(self, utt: str) -> np.ndarray:
         try:

@@ -8,7 +8,7 @@ evaluation can undo the standardisation (``Cmvn.inverse``) and report MSE in dB^
 
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +59,12 @@ class Cmvn:
         return feats * self.std + self.mean
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, mean=self.mean, std=self.std, count=np.int64(self.count))
-        os.replace(tmp, path)
+        """Write ``path`` atomically (a full disk raises DiskFullError and keeps the old file)."""
+        from speechsq.completion import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.savez(buffer, mean=self.mean, std=self.std, count=np.int64(self.count))
+        atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> "Cmvn":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import scipy.fft
 import scipy.signal
 from omegaconf import DictConfig, OmegaConf
 
-from speechsq.data_prep.audio import AudioProblem, check_signal, load_wav
+from speechsq.data_prep.audio import AudioProblem, Conversion, check_signal, read_audio
 from speechsq.errors import SpeechsqError
 from speechsq.registry import Registry
 
@@ -38,6 +39,18 @@ class FeatureError(SpeechsqError, ValueError):
     """The waveform cannot give valid features (too short for one window, ...)."""
 
 
+class PreprocessingConfigError(SpeechsqError, FileNotFoundError):
+    """No preprocessing config of that name or path."""
+
+
+@dataclass(frozen=True)
+class Featurized:
+    """Features of one audio file and what was converted to compute them."""
+
+    feats: np.ndarray  # (frames, n_mels) float32
+    conversion: Conversion  # channels mixed down, sample rate resampled
+
+
 def load_preprocessing_config(name_or_path: str, overrides: list[str] | None = None) -> DictConfig:
     """The ``preprocessing`` config by group name (``zerospeech19``, ``vctk``) or yaml path, with
     optional dotlist overrides (``["n_mels=40"]``)."""
@@ -46,7 +59,7 @@ def load_preprocessing_config(name_or_path: str, overrides: list[str] | None = N
         path = CONF_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in CONF_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"no preprocessing config {name_or_path!r} (known: {known})")
+        raise PreprocessingConfigError(f"no preprocessing config {name_or_path!r} (known: {known}, or a .yaml path)")
     cfg = OmegaConf.load(path)
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
@@ -86,10 +99,17 @@ class StftMagnitude:
 
 
 class LogMelPipeline(ABC):
-    """A waveform -> log-Mel recipe, built from a ``preprocessing`` config node."""
+    """A waveform -> log-Mel recipe, built from a ``preprocessing`` config node.
+
+    ``corpus_rates``: sample rates of the corpus the recipe was published for, which it
+    resamples by design (VCTK's 48 kHz for the 24 kHz pipeline). Audio at ``sample_rate`` or
+    at one of these is converted without a note; any other rate is resampled with one (or
+    refused with ``--strict-sample-rate``).
+    """
 
     name: str
     standardize: bool = False
+    corpus_rates: tuple[int, ...] = ()
 
     def __init__(self, cfg: Mapping[str, Any] | DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
@@ -113,12 +133,19 @@ class LogMelPipeline(ABC):
     def frame_shift(self) -> float:
         return self.hop_length / self.sample_rate
 
+    @property
+    def expected_rates(self) -> frozenset[int]:
+        """Input rates converted without a note (see the class docstring)."""
+        return frozenset((self.sample_rate, *self.corpus_rates))
+
     def load(self, path: str | Path) -> np.ndarray:
-        """Read, check (mono, not silent, finite) and resample a wav to the pipeline rate."""
-        wav, sr = load_wav(path)
-        if sr != self.sample_rate:
-            wav = librosa.resample(wav, orig_sr=sr, target_sr=self.sample_rate, res_type=self.resample_type)
-        return wav
+        """Read and check (not silent, finite) any audio file, mono at the pipeline rate."""
+        return read_audio(path, self.sample_rate, self.resample_type).wav
+
+    def featurize(self, path: str | Path) -> Featurized:
+        """Features of an audio file and what was converted (channels, rate) to get them."""
+        audio = read_audio(path, self.sample_rate, self.resample_type)
+        return Featurized(self.from_waveform(audio.wav), audio.conversion)
 
     def mel(self, wav: np.ndarray) -> np.ndarray:
         """(frames, n_mels) mel magnitudes of a float waveform at the pipeline rate."""
@@ -129,7 +156,7 @@ class LogMelPipeline(ABC):
         """(frames, n_mels) float32 log-Mel features of a waveform at ``sample_rate``."""
 
     def __call__(self, path: str | Path) -> np.ndarray:
-        return self.from_waveform(self.load(path))
+        return self.featurize(path).feats
 
 
 PIPELINES: Registry[type[LogMelPipeline]] = Registry("preprocessing pipeline")
@@ -182,6 +209,8 @@ class VctkLogMel(LogMelPipeline):
     Standardisation with training-set statistics happens in :mod:`speechsq.features.compute`.
     """
 
+    corpus_rates = (48000,)  # VCTK 0.80 is recorded at 48 kHz and resampled by the recipe
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self.floor = 10.0 ** (float(self.cfg["floor_db"]) / 20.0)
@@ -192,6 +221,6 @@ class VctkLogMel(LogMelPipeline):
 
 
 __all__ = [
-    "AudioProblem", "FeatureError", "LogMelPipeline", "PIPELINES", "StftMagnitude", "VctkLogMel",
+    "AudioProblem", "FeatureError", "Featurized", "LogMelPipeline", "PreprocessingConfigError", "PIPELINES", "StftMagnitude", "VctkLogMel",
     "ZeroSpeechLogMel", "build_pipeline", "load_preprocessing_config",
 ]

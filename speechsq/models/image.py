@@ -18,6 +18,10 @@ network's downsampling factor; ``width`` is the paper's d_b (64) unless noted:
                      Conv4(w), [ResBlock] x 2 | [ResBlock] x 2, ConvT4(w) BN ReLU,
                      ConvT4(w/2) BN ReLU, ConvT4(out). Factor 8 (64 -> 8).
 ``sqvae_gray_celeba``  the same with [ResBlock] x 6 (App. E.3.2, 256 categories). Factor 8.
+``sqvae_cifar_official``  the authors' CIFAR-10 net (sony/sqvae vision/networks/net_32.py with
+                     cifar10_gauss_1.yaml): BN ReLU after the Conv3, [ResBlock] x 2 each way.
+``sqvae_celeba_official``  the authors' CelebA net (net_64.py with celeba_gauss_*.yaml):
+                     the paper's layers, but [ResBlock] x 5 at the start of the decoder.
 ``edvae``            EdVAE App. D.2 with n = ``width`` (128 in the paper): Conv_kw(n),
                      [EncRes(n)] x 2, MaxPool, [EncRes(2n)] x 2, MaxPool, [EncRes(4n)] x 2,
                      Conv1(latent) | [DecRes(4n)] x 2, Up, [DecRes(2n)] x 2, Up,
@@ -33,7 +37,11 @@ count (the table's "identity mapping" cannot add tensors of different widths).
 Interfaces to the quantizer: the encoder ends in ``quantizer.input_dim`` channels and the
 decoder starts from ``quantizer.code_dim`` channels; where those differ from the network's
 width, a 1x1 convolution adapts them (for the paper settings, d_b = 64 = width, none is
-added to the SQ-VAE nets).
+added to the SQ-VAE nets). ``variance_head`` says where the extra channels of Gaussian
+SQ-VAE (II)-(IV) (the log-variances) come from: ``adapter`` (default; the paper's text gives
+no layer for them) takes them from that 1x1 convolution; ``resblock`` is the authors' image
+code, a log-variance ResBlock of its own beside the last ResBlock of the encoder
+(:class:`VarianceBranchEncoder`).
 
 Data and likelihoods: continuous images (B, C, H, W) in [0, 1] go to a Gaussian likelihood
 through a sigmoid output (App. E.1.2); categorical images (B, H, W) of ids go to the
@@ -43,7 +51,8 @@ through a sigmoid output (App. E.1.2); categorical images (B, H, W) of ids go to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -196,12 +205,27 @@ def _sqvae_fashion_mnist(d: NetworkDims):
     return _two_layer_28(d, 6)
 
 
+def _three_conv(d: NetworkDims, enc_res: int, dec_res: int, conv3_bn_relu: bool) -> tuple[nn.Module, nn.Module]:
+    w, h = d.width, d.width // 2
+    enc = [conv4(d.in_channels, h), *bn_relu(h), conv4(h, w), *bn_relu(w), conv3(w, w)]
+    enc += [*(bn_relu(w) if conv3_bn_relu else []), *[ResBlock(w) for _ in range(enc_res)]]
+    dec = [*[ResBlock(w) for _ in range(dec_res)], convt3(w, w), *bn_relu(w), convt4(w, h), *bn_relu(h), convt4(h, d.out_channels)]
+    return nn.Sequential(*enc, *_adapter(w, d.latent_channels)), nn.Sequential(*_adapter(d.code_dim, w), *dec)
+
+
 @_register_network("sqvae_cifar", 4, 64, "SQ-VAE App. E.1.2 CIFAR-10 / CelebA 64: 3 convs + 6 ResBlocks")
 def _sqvae_cifar(d: NetworkDims):
-    w, h = d.width, d.width // 2
-    enc = [conv4(d.in_channels, h), *bn_relu(h), conv4(h, w), *bn_relu(w), conv3(w, w), *[ResBlock(w) for _ in range(6)]]
-    dec = [*[ResBlock(w) for _ in range(6)], convt3(w, w), *bn_relu(w), convt4(w, h), *bn_relu(h), convt4(h, d.out_channels)]
-    return nn.Sequential(*enc, *_adapter(w, d.latent_channels)), nn.Sequential(*_adapter(d.code_dim, w), *dec)
+    return _three_conv(d, 6, 6, conv3_bn_relu=False)
+
+
+#: the authors' released nets where they differ from the paper text: (encoder ResBlocks, decoder
+#: ResBlocks, BN ReLU after the Conv3) and their source
+OFFICIAL_THREE_CONV_NETS = {
+    "sqvae_cifar_official": (2, 2, True, "sony/sqvae vision/networks/net_32.py, cifar10_gauss_1.yaml num_rb 2: BN ReLU after Conv3"),
+    "sqvae_celeba_official": (6, 5, False, "sony/sqvae vision/networks/net_64.py, celeba_gauss_*.yaml num_rb 6: 5 decoder ResBlocks"),
+}
+for _name, (_enc, _dec, _bn, _source) in OFFICIAL_THREE_CONV_NETS.items():
+    _register_network(_name, 4, 64, _source)(partial(_three_conv, enc_res=_enc, dec_res=_dec, conv3_bn_relu=_bn))
 
 
 def _three_stride_64(d: NetworkDims, num_res: int) -> tuple[nn.Module, nn.Module]:
@@ -245,6 +269,42 @@ def _edvae(d: NetworkDims, kernel: int = 3):
     return nn.Sequential(*enc), nn.Sequential(*dec)
 
 
+# ----- where the quantizer's variance channels come from --------------------------------------
+VARIANCE_HEADS = ("adapter", "resblock")
+
+
+class ChannelMean(nn.Module):
+    """Mean over the channel axis, kept as one channel: (B, C, H, W) -> (B, 1, H, W)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(1, keepdim=True)
+
+
+class VarianceBranchEncoder(nn.Module):
+    """The authors' image encoder for Gaussian SQ-VAE (II)-(IV) (sony/sqvae vision/networks/
+    net_28.py, net_32.py, net_64.py): the last ResBlock of the trunk is the mean head (``res_m``),
+    a second ResBlock of the same width on the same features is the log-variance head
+    (``res_v``). For one variance channel (II, III) the head's channels are averaged
+    (``log_var.mean(dim=1)`` in vision/model.py; (II) is then pooled over positions by the
+    quantizer), for D channels (IV) they are used as they are (a 1x1 convolution adapts the
+    width where it differs from the quantizer's). Output: ``[mean (code_dim), log-variance (E)]``.
+    """
+
+    def __init__(self, encoder: nn.Sequential, width: int, extra_channels: int):
+        super().__init__()
+        last = max((i for i, layer in enumerate(encoder) if isinstance(layer, ResBlock)), default=None)
+        if last is None:
+            raise ValueError("model.variance_head=resblock needs a network whose encoder ends in ResBlocks")
+        self.trunk = encoder[:last]
+        self.mean_head = encoder[last:]
+        reduce = [ChannelMean()] if extra_channels == 1 else _adapter(width, extra_channels)
+        self.variance_head = nn.Sequential(ResBlock(width), *reduce)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.trunk(x)
+        return torch.cat([self.mean_head(features), self.variance_head(features)], 1)
+
+
 # ----- the model ----------------------------------------------------------------------------
 class ImageVQVAE(nn.Module):
     """Encoder -> quantizer -> decoder -> likelihood, for continuous or categorical images.
@@ -263,8 +323,11 @@ class ImageVQVAE(nn.Module):
         width: int | None = None,
         output_activation: str = "auto",
         normalize_latent: bool = False,
+        variance_head: str = "adapter",
     ):
         super().__init__()
+        if variance_head not in VARIANCE_HEADS:
+            raise ValueError(f"unknown variance_head {variance_head!r}; choose one of {VARIANCE_HEADS}")
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"unknown output_activation {output_activation!r}; choose one of {OUTPUT_ACTIVATIONS}")
         self.categorical = num_categories is not None
@@ -294,12 +357,36 @@ class ImageVQVAE(nn.Module):
             out_channels=likelihood.out_channels(self.channels),
             width=int(width or spec.default_width),
         )
-        self.encoder, self.decoder = spec.build(dims)
+        extra = quantizer.input_dim - quantizer.code_dim
+        if variance_head == "resblock" and extra:
+            if not hasattr(quantizer, "variance_form"):  # the Gaussian SQ family
+                raise ValueError(
+                    f"model.variance_head=resblock is the SQ-VAE image code's variance branch for sq_gauss2/3/4; "
+                    f"{type(quantizer).__name__}'s extra channels are not a log-variance: use variance_head=adapter"
+                )
+            encoder, self.decoder = spec.build(replace(dims, latent_channels=quantizer.code_dim))
+            self.encoder = VarianceBranchEncoder(encoder, dims.width, extra)
+        else:
+            self.encoder, self.decoder = spec.build(dims)
+        self.variance_head = variance_head
+        self._check_commitment_geometry(quantizer)
         self.quantizer = quantizer
         if output_activation == "auto":
             output_activation = "none" if self.categorical else "sigmoid"
         self.output_activation = output_activation
         self.normalize_latent = bool(normalize_latent)
+
+    def _check_commitment_geometry(self, quantizer: Quantizer) -> None:
+        """A commitment reduced as a mean (vq_ema ``commitment_reduction=mean``) is weighted by the
+        data dimensions per latent position: it must be this model's, channels x downsampling^2."""
+        given = getattr(quantizer, "data_dims_per_position", None)
+        actual = self.channels * self.downsampling**2
+        if given is not None and int(given) != actual:
+            raise ValueError(
+                f"quantizer.options.data_dims_per_position={given}, but this model has {actual} data dimensions per "
+                f"latent position ({self.channels} channel(s) x {self.downsampling} x {self.downsampling}): "
+                f"set quantizer.options.data_dims_per_position={actual}"
+            )
 
     # ----- data <-> network -----------------------------------------------------------------
     def _dummy_target(self) -> Tensor:
@@ -439,7 +526,7 @@ def image_likelihood(m: dict) -> Likelihood:
 def build_image_model(cfg: Any) -> ImageVQVAE:
     """``cfg.model``: network, width, channels, num_categories (both filled from the data),
     likelihood / categorical_decoder (see :func:`image_likelihood`), output_activation,
-    normalize_latent; ``cfg.quantizer`` as for every model."""
+    normalize_latent, variance_head; ``cfg.quantizer`` as for every model."""
     from omegaconf import OmegaConf
 
     from speechsq.models.speech import build_quantizer_from_config
@@ -457,4 +544,5 @@ def build_image_model(cfg: Any) -> ImageVQVAE:
         width=m.get("width"),
         output_activation=str(m.get("output_activation", "auto")),
         normalize_latent=bool(m.get("normalize_latent", False)),
+        variance_head=str(m.get("variance_head", "adapter")),
     )

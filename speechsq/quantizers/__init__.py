@@ -16,6 +16,7 @@ from speechsq.quantizers.base import (
     QuantizerOutput,
     StepContext,
 )
+from speechsq.quantizers.loss_scale import commitment_weight, kl_weight_from_paper
 from speechsq.quantizers.registry import build_quantizer, list_quantizers, quantizer_class, register_quantizer
 
 
@@ -25,7 +26,7 @@ def _import_quantizer_modules() -> None:
     import importlib
     import pkgutil
 
-    infrastructure = {"base", "registry", "functional", "init"}
+    infrastructure = {"base", "registry", "functional", "init", "loss_scale"}
     for info in pkgutil.iter_modules(__path__):
         if info.name not in infrastructure and not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
@@ -41,6 +42,8 @@ __all__ = [
     "QuantizerOutput",
     "StepContext",
     "build_quantizer",
+    "commitment_weight",
+    "kl_weight_from_paper",
     "list_quantizers",
     "quantizer_class",
     "register_quantizer",

@@ -33,7 +33,10 @@ sq_fixed    sigma_q^2 I (fixed; Roy et al. / Williams et al. baseline)    log si
 ``s`` is one trainable scalar, ``e`` the encoder's extra channels (appended after the
 ``code_dim`` latent channels). Log-variance = trainable offset + encoder output follows the
 authors' speech implementation; its initial value log(10) is theirs too (the paper does
-not state one). For (II), "one variance per example" (Table 1; App. E.2 explains why the
+not state one). The authors' *image* code combines them differently, sigma^2 = e^e + e^s
+(for (I), with no encoder term, 1 + e^s), initialised at s = log 20 (CIFAR10, CelebA) or
+log 10 (MNIST, Fashion-MNIST): option ``variance_form=additive`` (see ``VARIANCE_FORMS``);
+the column above is the default ``variance_form=scaled``. For (II), "one variance per example" (Table 1; App. E.2 explains why the
 paper skips it for speech: it depends on the segment length), the encoder's per-position
 log-variance channel is averaged over each example's *valid* positions before
 quantization (the authors' image code averages the log-variance map the same way), so
@@ -85,9 +88,15 @@ class VarianceParameterisation:
     def extra_channels(self, code_dim: int) -> int:
         return 0
 
-    def log_variance(self, extra: Tensor, offset: Tensor) -> Tensor:
-        """(N, E) extra encoder channels -> log sigma^2, broadcastable to (N, D)."""
-        return offset.reshape(1, 1)
+    def head(self, extra: Tensor) -> Tensor:
+        """(N, E) extra encoder channels -> the encoder's log-variance term e, broadcastable to (N, D).
+
+        (I) has no encoder term: e = 0, a (1, 1) constant."""
+        return extra.new_zeros(1, 1)
+
+    def log_variance(self, extra: Tensor, offset: Tensor, form: str = "scaled") -> Tensor:
+        """log sigma^2 from the extra encoder channels and the trainable offset s (see ``VARIANCE_FORMS``)."""
+        return VARIANCE_FORMS.get(form)(self.head(extra), offset.reshape(1, 1))
 
     def augmented(self, z: Tensor, codebook: Tensor, precision: Tensor) -> tuple[Tensor, Tensor]:
         """(rows, codes) whose product ``rows @ codes.T`` is the eq. (7) log-posterior up to a row constant.
@@ -118,8 +127,8 @@ class PerPositionVariance(VarianceParameterisation):
     def extra_channels(self, code_dim: int) -> int:
         return 1
 
-    def log_variance(self, extra: Tensor, offset: Tensor) -> Tensor:
-        return extra + offset
+    def head(self, extra: Tensor) -> Tensor:
+        return extra
 
 
 class PerExampleVariance(PerPositionVariance):
@@ -149,6 +158,15 @@ class FixedVariance(VarianceParameterisation):
     label = "fixed"
     trainable_offset = False
 
+
+#: How the encoder term e and the trainable scalar s combine into log sigma_phi^2 (option ``variance_form``).
+#: ``scaled``:   sigma^2 = e^s * e^e, log sigma^2 = s + e: the authors' speech code
+#:               (sony/sqvae speech/model.py, ``log_var_q = z[..., D:] + log_var_q_scalar``); for (I) s alone.
+#: ``additive``: sigma^2 = e^e + e^s: the authors' image code (sony/sqvae vision/model.py,
+#:               ``param_q = log_var_q.exp() + log_param_q_scalar.exp()``); for (I) e = 0, so 1 + e^s.
+VARIANCE_FORMS: Registry = Registry("variance form")
+VARIANCE_FORMS.register("scaled")(lambda head, offset: head + offset)
+VARIANCE_FORMS.register("additive")(torch.logaddexp)
 
 VARIANCE_PARAMETERISATIONS: Registry[VarianceParameterisation] = Registry("Sigma_phi parameterisation")
 for _key, _param in {
@@ -297,17 +315,29 @@ def posterior_and_neg_entropy(logits: Tensor) -> tuple[Tensor, Tensor]:
 class GaussianSQ(Quantizer):
     """Gaussian SQ-VAE quantizer; the registered subclasses fix ``variance_type``.
 
-    Options: ``log_sigma2_init`` (initial log of the trainable variance offset; log 10),
-    ``init`` (codebook: ``normal`` as in the reference code, ``uniform`` or ``kmeans``).
+    Options: ``log_sigma2_init`` (initial log of the trainable variance offset s; log 10),
+    ``init`` (codebook: ``normal`` as in the reference code, ``uniform`` or ``kmeans``),
+    ``variance_form`` (``scaled``: sigma^2 = e^s e^e, the speech code; ``additive``:
+    sigma^2 = e^e + e^s, the image code; see ``VARIANCE_FORMS``).
     """
 
     stochastic = True
     variance_type = "I"
 
-    def __init__(self, num_codes: int, code_dim: int, log_sigma2_init: float = LOG_SIGMA2_INIT, init: str = "normal"):
+    def __init__(
+        self,
+        num_codes: int,
+        code_dim: int,
+        log_sigma2_init: float = LOG_SIGMA2_INIT,
+        init: str = "normal",
+        variance_form: str = "scaled",
+    ):
         super().__init__(num_codes, code_dim)
         if not math.isfinite(float(log_sigma2_init)):
             raise QuantizerInputError(f"log_sigma2_init must be finite, got {log_sigma2_init}")
+        if variance_form not in VARIANCE_FORMS:
+            raise QuantizerInputError(f"unknown variance_form {variance_form!r}; choose one of {', '.join(VARIANCE_FORMS.names())}")
+        self.variance_form = variance_form
         self.variance = VARIANCE_PARAMETERISATIONS.get(self.variance_type)
         self.init_scheme = check_init_scheme(init)
         self.codebook = nn.Parameter(torch.empty(num_codes, code_dim))
@@ -327,7 +357,7 @@ class GaussianSQ(Quantizer):
     def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """(N, input_dim) rows -> latent z (N, D) and log sigma_phi^2 broadcastable to (N, D)."""
         z, extra = rows[:, : self.code_dim], rows[:, self.code_dim :]
-        return z, self.variance.log_variance(extra, self.log_sigma2)
+        return z, self.variance.log_variance(extra, self.log_sigma2, self.variance_form)
 
     def posterior_logits(self, rows: Tensor) -> Tensor:
         """Eq. (7) log-posterior over the K codes, up to a per-row constant (N, K)."""
@@ -383,7 +413,7 @@ class GaussianSQ(Quantizer):
         return rows_to_latent(torch.cat([rows[:, : self.code_dim], channel], 1), shape)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, variance={self.variance.label}"
+        return f"{super().extra_repr()}, variance={self.variance.label}, variance_form={self.variance_form}"
 
 
 @register_quantizer("sq_gauss1")

@@ -103,6 +103,28 @@ def celeba_mask_sources(root: str | Path) -> tuple[str, list]:
     )
 
 
+#: speechsq split -> folder prefix of the CelebAMask-HQ partition into train_/val_/test_label/
+#: (the dataset's partition script; read so by sony/sqvae vision/util.py get_loader_celeba_mask_hq)
+MASK_PARTITION_FOLDERS = {"train": "train", "valid": "val", "test": "test"}
+
+
+def celeba_mask_partition_files(root: str | Path, split: str) -> list[Path]:
+    """Label maps ``<split>_label/<i>.png`` of one partition folder, in index order."""
+    root = Path(root)
+    name = f"{MASK_PARTITION_FOLDERS[split]}_label"
+    for base in (root, root / "CelebAMask-HQ"):
+        folder = base / name
+        if folder.is_dir():
+            files = {int(p.stem): p for p in folder.glob("*.png") if p.stem.isdigit()}
+            if not files:
+                raise ImageDataError(f"{folder}: no <i>.png label maps")
+            return [files[i] for i in sorted(files)]
+    raise ImageDataError(
+        f"{root}: no {name}/ folder (data.options.partition=folders reads the dataset's own "
+        "train_label/, val_label/ and test_label/ folders; partition=seeded splits CelebAMask-HQ-mask/ by index)"
+    )
+
+
 def combine_part_masks(anno_dir: str | Path, index: int) -> np.ndarray:
     """The official combination of one face's part masks into an id map (H, W) uint8."""
     anno_dir = Path(anno_dir)

@@ -1,0 +1,45 @@
+# The runs of a recipe: one model per (quantizer, decoder variance for the VQ family, seed).
+# Sourced by run.sh; the list is a plain file read by steps/train.sh and steps/extract.sh:
+#
+#   <name> <quantizer> <seed> [hydra overrides...]      e.g.
+#   vq_ema_sigma2_0.1 vq_ema 1 quantizer.likelihood.sigma2=0.1
+#   sq_gauss1 sq_gauss1 1
+#
+# Each run trains into EXP/<name>/seed<seed>/; `speechsq report` makes one table row per <name>.
+
+# fixed_variance QUANTIZER CONFIG: true when the quantizer's decoder likelihood has a fixed
+# sigma^2 (the VQ family, SQ-VAE eq. 4), i.e. when the Table 9 grid applies to it.
+fixed_variance() {
+  local name
+  name=$(speechsq train --print-config experiment="$2" quantizer="$1" \
+    | python -c 'import sys; from omegaconf import OmegaConf; print(OmegaConf.create(sys.stdin.read()).quantizer.likelihood.name)')
+  [ "$name" = gaussian_fixed ]
+}
+
+# write_runs FILE CONFIG "QUANTIZERS" "SIGMA2 GRID" "SEEDS"
+write_runs() {
+  local file=$1 config=$2 quantizers=$3 grid=$4 seeds=$5 q s2 seed values
+  mkdir -p "$(dirname "$file")"
+  : > "$file.tmp"
+  for q in $quantizers; do
+    values=default
+    if [ -n "$grid" ] && fixed_variance "$q" "$config"; then values=$grid; fi
+    for s2 in $values; do
+      for seed in $seeds; do
+        if [ "$s2" = default ]; then
+          echo "$q $q $seed" >> "$file.tmp"
+        else
+          echo "${q}_sigma2_$s2 $q $seed quantizer.likelihood.sigma2=$s2" >> "$file.tmp"
+        fi
+      done
+    done
+  done
+  mv "$file.tmp" "$file"
+}
+
+# wait_for_slot NJ: block until fewer than NJ background jobs of this shell are running.
+# (Each job writes its own .done marker; callers check the markers, not exit codes, so a
+# job that finished before `wait -n` was called cannot be miscounted.)
+wait_for_slot() {
+  while [ "$(jobs -rp | wc -l)" -ge "$1" ]; do wait -n || true; done
+}

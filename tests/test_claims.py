@@ -1,0 +1,98 @@
+"""Paper claims checked from per-seed numbers: exact z values, verdicts, and the report block."""
+
+import json
+import math
+
+import pytest
+import yaml
+
+from speechsq.eval import report
+from speechsq.eval.claims import CLAIM_SETS, check_claims, claims_markdown
+from speechsq.errors import SpeechsqError
+
+
+def _run(exp, row, seed, quantizer, metrics, sigma2=None):
+    d = exp / row / f"seed{seed}"
+    (d / "eval").mkdir(parents=True)
+    likelihood = {"name": "gaussian_fixed", "sigma2": sigma2} if sigma2 is not None else {"name": "gaussian_closed_form"}
+    (d / "config.yaml").write_text(yaml.safe_dump({"quantizer": {"name": quantizer, "likelihood": likelihood}, "seed": seed}))
+    (d / "eval" / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def exp(tmp_path):
+    # mse per seed: vq sigma2 0.1 -> 50, 52, 54 (mean 52, std 2); sigma2 10 -> 70, 74, 78 (mean 74, std 4)
+    # sq_gauss1 -> 53, 55, 57 (mean 55, std 2); abx: vq 0.1 -> 10, 11, 12; vq 10 -> 12, 13, 14; sq -> 9, 10, 11
+    for seed, (a, b, c) in enumerate([(50, 70, 53), (52, 74, 55), (54, 78, 57)], 1):
+        _run(tmp_path, "vq_ema_sigma2_0.1", seed, "vq_ema", {"mse_db2": a, "abx_across": 9 + seed}, sigma2=0.1)
+        _run(tmp_path, "vq_ema_sigma2_10", seed, "vq_ema", {"mse_db2": b, "abx_across": 11 + seed}, sigma2=10.0)
+        _run(tmp_path, "sq_gauss1", seed, "sq_gauss1", {"mse_db2": c, "abx_across": 8 + seed})
+    return tmp_path
+
+
+def test_verdicts_and_z_are_exact(exp):
+    results = report.collect(exp)
+    verdicts = {v.claim: v for v in check_claims("sqvae_zerospeech19", exp, results)}
+    texts = [c.text for c in CLAIM_SETS.get("sqvae_zerospeech19")]
+    sens_mse, parity_mse, parity_iv, sens_abx, parity_abx = (verdicts[t] for t in texts)
+    # 74 - 52 = 22 over sqrt(4^2 + 2^2) = 4.919 -> z = 4.472 > 2
+    assert sens_mse.status == "holds" and sens_mse.z == pytest.approx(22 / math.sqrt(20), abs=1e-12)
+    assert sens_mse.rows == ["vq_ema_sigma2_10", "vq_ema_sigma2_0.1"]
+    # 55 - 52 = 3 over sqrt(2^2 + 2^2) = 2.828 -> z = 1.061 > 1: worse beyond the parity margin
+    assert parity_mse.status == "does not hold" and parity_mse.z == pytest.approx(3 / math.sqrt(8), abs=1e-12)
+    assert "worse than it by 3.00" in parity_mse.detail
+    assert parity_iv.status == "not testable"  # no sq_gauss4 row
+    # abx: 13 - 11 = 2 over sqrt(1 + 1) -> z = 1.414 <= 2: the sensitivity does not show
+    assert sens_abx.status == "does not hold" and sens_abx.z == pytest.approx(2 / math.sqrt(2), abs=1e-12)
+    # sq 10 vs best vq 11: better by 1 -> z = -0.707, holds
+    assert parity_abx.status == "holds" and parity_abx.z == pytest.approx(-1 / math.sqrt(2), abs=1e-12)
+    assert "better than it by 1.00" in parity_abx.detail
+
+
+def test_parity_margin_boundary(tmp_path):
+    # both rows have std sqrt(2) (values 2 apart), combined std 2: sq exactly 2 worse -> z = 1, holds
+    for seed, (v, s) in enumerate([(10.0, 12.0), (12.0, 14.0)], 1):
+        _run(tmp_path, "vq_ema", seed, "vq_ema", {"mse_db2": v}, sigma2=0.1)
+        _run(tmp_path, "sq_gauss1", seed, "sq_gauss1", {"mse_db2": s})
+    results = report.collect(tmp_path)
+    parity = check_claims("sqvae_zerospeech19", tmp_path, results)[1]
+    assert parity.z == pytest.approx(1.0, abs=1e-9)
+    assert parity.status == "holds"
+    for seed, value in ((1, 12.01), (2, 14.01)):  # shifted by 0.01: same spread, z = 2.01 / 2
+        (tmp_path / "sq_gauss1" / f"seed{seed}" / "eval" / "metrics.json").write_text(json.dumps({"mse_db2": value}))
+    parity = check_claims("sqvae_zerospeech19", tmp_path, report.collect(tmp_path))[1]
+    assert parity.z == pytest.approx(1.005, abs=1e-9) and parity.status == "does not hold"
+
+
+def test_single_seed_is_never_a_verdict(tmp_path):
+    _run(tmp_path, "vq_a", 1, "vq_ema", {"mse_db2": 50}, sigma2=0.1)
+    _run(tmp_path, "vq_b", 1, "vq_ema", {"mse_db2": 90}, sigma2=10.0)
+    _run(tmp_path, "sq_gauss1", 1, "sq_gauss1", {"mse_db2": 40})
+    verdicts = check_claims("sqvae_zerospeech19", tmp_path, report.collect(tmp_path))
+    assert [v.status for v in verdicts[:2]] == ["not testable", "not testable"]
+    assert "2 or more seeds" in verdicts[0].detail
+
+
+def test_report_writes_the_claims_block(exp, capsys):
+    assert report.main(["--exp-dir", str(exp), "--claims", "sqvae_zerospeech19"]) == 0
+    md = (exp / "results.md").read_text()
+    assert "### Paper claims, checked on this run (sqvae_zerospeech19)" in md
+    assert md.count("**does not hold**") == 2 and md.count("| holds |") == 2 and md.count("not testable") == 1
+    stored = json.loads((exp / "results.json").read_text())["claims"]
+    assert stored["set"] == "sqvae_zerospeech19" and len(stored["results"]) == 5
+
+
+def test_unknown_claim_set_is_a_user_error(exp):
+    with pytest.raises(SpeechsqError, match="unknown claim set 'nope'"):
+        check_claims("nope", exp, report.collect(exp))
+    assert "nope" not in claims_markdown("x", [])
+
+
+@pytest.mark.parametrize("row, shown", [
+    ("vq_ema_sigma2_0.1", "VQ-VAE w/ EMA (σ² = 0.1)"),
+    ("vq_ema_reset_sigma2_10", "VQ-VAE w/ EMA + code reset (σ² = 10)"),
+    ("sq_gauss4", "Gaussian SQ-VAE (IV)"),
+    ("my_model", "my_model"),
+])
+def test_row_display_names(row, shown):
+    assert report.display_name(row) == shown
