@@ -193,11 +193,6 @@ def abx_from_dataset(
                 log.info("ABX %s: %.4f %% (%d cells, %d alignments, %.1f s)", key, scores[key], len(cells), work,
                          time.perf_counter() - condition_started)
     dataset.report.log_summary()
-    if all(value is None for value in scores.values()):
-        raise ABXInputError(
-            f"no ABX cell in any of the conditions {', '.join(scores)}: {len(dataset)} usable items, but no speaker "
-            "has two phones in one context (and, within speaker, two items of a phone); nothing to score"
-        )
     return ABXResult(
         scores=scores,
         n_cells=n_cells,
@@ -343,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         backend=args.backend,
         progress=False if args.no_progress else None,
     )
+    if all(value is None for value in result.scores.values()):
+        raise ABXInputError(
+            f"no ABX cell in any of the conditions {', '.join(result.scores)}: {result.inputs['n_items_used']} usable "
+            "items, but no speaker has two phones in one context (and, within speaker, two items of a phone)"
+        )
     print(result.table())
     if args.out:
         from speechsq.completion import atomic_write_json

@@ -158,6 +158,21 @@ def _diagonal(flat: torch.Tensor, base: int, step: int, first: int, count: int) 
     return flat[lo : lo + (count - 1) * step + 1 : max(step, 1)]
 
 
+def _sweep(padded: torch.Tensor, local: torch.Tensor, rows: int, cols: int):
+    """Anti-diagonal by anti-diagonal: views (here, up, left, diagonal, local values) of a
+    ``(rows + 1) x (cols + 1)`` table padded with row 0 and column 0, stored flat as
+    ``(cells, B)`` (row stride ``cols + 1``), and of the ``rows x cols`` local values.
+    The table cell of (i, j) is (i + 1, j + 1); its neighbours (i, j + 1), (i + 1, j), (i, j)."""
+    for k in range(rows + cols - 1):
+        first = max(0, k - cols + 1)
+        count = min(k, rows - 1) - first + 1
+
+        def cell(base):
+            return _diagonal(padded, base, cols, first, count)
+
+        yield cell(cols + 2 + k), cell(k + 1), cell(cols + 1 + k), cell(k), _diagonal(local, k, cols - 1, first, count)
+
+
 def dtw_torch(dist: torch.Tensor, n: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Path-normalised DTW of padded distance matrices on dist's device.
 
@@ -173,15 +188,8 @@ def dtw_torch(dist: torch.Tensor, n: torch.Tensor, m: torch.Tensor) -> torch.Ten
     # case; the corner 0 makes cost[0, 0] = d[0, 0] + 0 (the same float as d[0, 0]).
     cost = torch.full(((rows + 1) * (cols + 1), batch), float("inf"), dtype=torch.float32, device=device)
     cost[0] = 0.0
-    for k in range(rows + cols - 1):
-        first = max(0, k - cols + 1)
-        count = min(k, rows - 1) - first + 1
-        # padded cells: here (i+1, j+1), up (i, j+1), left (i+1, j), diagonal (i, j); row stride cols+1
-        up = _diagonal(cost, k + 1, cols, first, count)
-        left = _diagonal(cost, cols + 1 + k, cols, first, count)
-        diag = _diagonal(cost, k, cols, first, count)
-        here = _diagonal(cost, cols + 2 + k, cols, first, count)
-        torch.add(_diagonal(d, k, cols - 1, first, count), torch.minimum(torch.minimum(up, diag), left), out=here)
+    for here, up, left, diag, local in _sweep(cost, d, rows, cols):
+        torch.add(local, torch.minimum(torch.minimum(up, diag), left), out=here)
     grid = cost.view(rows + 1, cols + 1, batch)
     pairs = torch.arange(batch, device=device)
     n, m = n.to(device), m.to(device)
@@ -215,16 +223,8 @@ def edit_distance_torch(a: torch.Tensor, b: torch.Tensor, n: torch.Tensor, m: to
     table = torch.empty((rows + 1, cols + 1, batch), dtype=torch.int32, device=device)
     table[:, 0] = torch.arange(rows + 1, device=device, dtype=torch.int32)[:, None]
     table[0, :] = torch.arange(cols + 1, device=device, dtype=torch.int32)[:, None]
-    flat = table.view(-1, batch)
-    for k in range(rows + cols - 1):
-        first = max(0, k - cols + 1)
-        count = min(k, rows - 1) - first + 1
-        up = _diagonal(flat, k + 1, cols, first, count)
-        left = _diagonal(flat, cols + 1 + k, cols, first, count)
-        diag = _diagonal(flat, k, cols, first, count)
-        here = _diagonal(flat, cols + 2 + k, cols, first, count)
-        step = torch.minimum(up, left) + 1
-        torch.minimum(step, diag + _diagonal(mismatch, k, cols - 1, first, count), out=here)
+    for here, up, left, diag, local in _sweep(table.view(-1, batch), mismatch, rows, cols):
+        torch.minimum(torch.minimum(up, left) + 1, diag + local, out=here)
     pairs = torch.arange(batch, device=device)
     n, m = n.to(device), m.to(device)
     return table[n, m, pairs].float() / torch.maximum(n, m).float()

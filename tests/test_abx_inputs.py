@@ -211,11 +211,16 @@ def test_negative_values_under_kl_are_counted_and_all_negative_is_an_error(tmp_p
         compute_abx(item_file, feats, distance="kl_symmetric", normalize=False)
 
 
-def test_no_cell_in_any_condition_is_an_error_not_an_empty_table(tmp_path):
+def test_no_cell_in_any_condition_is_none_in_the_api_and_an_error_on_the_command_line(tmp_path, capsys):
     item_file, feats = _hand_task(tmp_path, values=[("s1", "a", 0.0), ("s1", "a", 1.0), ("s2", "a", 2.0)])
-    with pytest.raises(ABXInputError, match=r"no ABX cell in any of the conditions within-within, across-within, "
-                                            r"within-any, across-any: 3 usable items"):
-        compute_abx(item_file, feats)
+    result = compute_abx(item_file, feats)  # evaluate reports None (its own callers decide)
+    assert result.scores == dict.fromkeys(["within-within", "across-within", "within-any", "across-any"])
+    assert result.n_cells == dict.fromkeys(result.scores, 0)
+    assert speechsq_main(["abx", "--items", str(item_file), "--features", str(feats), "--threads", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "speechsq abx: error: no ABX cell in any of the conditions within-within, across-within, within-any, "
+        "across-any: 3 usable items, but no speaker has two phones in one context (and, within speaker, two items "
+        "of a phone)")
 
 
 # --------------------------------------------------------------------------- completion markers
