@@ -136,7 +136,9 @@ def test_angle_is_the_correctly_rounded_arc_cosine_and_torch_equals_it():
 
 
 def _tile(code, a, b):
-    logs = lambda x: np.log(x + KL_EPSILON)  # noqa: E731
+    def logs(x):  # log(frame + eps), which only the KL distances read
+        return np.log(x + KL_EPSILON) if code in (KL, KL_SYMMETRIC) else np.zeros_like(x)
+
     out = np.empty((len(a), len(b)), np.float32)
     frame_distance_tile(code, a, np.ascontiguousarray(b.T), logs(a), np.ascontiguousarray(logs(b).T), out)
     return out
