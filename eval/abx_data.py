@@ -442,7 +442,15 @@ def build_dataset(
     _check_coverage(items, by_file, source, allow_missing, report)
     report.unused_feature_files = sum(1 for f in source.features if f not in by_file)
 
-    chunks: list[np.ndarray] = []
+    # Item frames go straight into one array sized by an upper bound of every item's frame
+    # count (its span before clipping to the file), not into a list concatenated at the end:
+    # peak memory is the frames once, not twice (120,000 items of 512 dims: 0.9 GiB).
+    covered = np.asarray([i for f, indices in by_file.items() if f in source.features for i in indices], dtype=np.int64)
+    bound = (np.floor(step * (items.offsets[covered] - frame_offset) - 0.5)
+             - np.ceil(step * (items.onsets[covered] - frame_offset) - 0.5))
+    capacity = int(np.maximum(bound, 0).sum())
+    store: np.ndarray | None = None
+    used = 0
     kept: list[int] = []
     lengths: list[int] = []
     dim = None
@@ -488,7 +496,10 @@ def build_dataset(
                 keep = np.ones(len(frames), dtype=bool)
                 keep[1:] = frames[1:, 0] != frames[:-1, 0]
                 frames = frames[keep]
-            chunks.append(frames)
+            if store is None:
+                store = np.empty((capacity, prepared.shape[1]), prepared.dtype)
+            store[used : used + len(frames)] = frames
+            used += len(frames)
             kept.append(index)
             lengths.append(len(frames))
 
@@ -503,7 +514,7 @@ def build_dataset(
     length = np.asarray(lengths, dtype=np.int64)
     start = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
     return ABXDataset(
-        frames=np.ascontiguousarray(np.concatenate(chunks)),
+        frames=store[:used],  # a view: the unused tail of the bound is at most a frame per item
         start=start,
         length=length,
         phone=items.phone[kept_arr],
