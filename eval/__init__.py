@@ -16,5 +16,7 @@ probes       k-means + Hungarian accuracy, NMI, linear / phone / speaker probes
 extract      units, codes and the ZeroSpeech 2019 submission tree (``speechsq extract``)
 evaluate     one run's metrics.json (``speechsq evaluate``)
 report       results.json / results.md over quantizers and seeds (``speechsq report``)
-plots        reconstruction figure and training curves
+plots        training curves, reconstruction figure (``speechsq plots``)
+resynthesize units / wavs back to speech in training voices (``speechsq resynthesize``)
+speech_measures  MCD / LSD of resynthesis, speaker match and ABX of conversion (``speechsq synthesis-measures``)
 """

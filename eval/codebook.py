@@ -51,27 +51,42 @@ def codebook_stats(indices: Iterable[np.ndarray], num_codes: int) -> CodebookSta
     return CodebookStats(num_codes, float(2.0**h), int((counts > 0).sum()), h, n, counts.tolist())
 
 
-def plot_code_usage(counts: np.ndarray, path: str | Path, title: str = "code usage") -> Path:
-    """Bar chart of code frequencies, sorted by frequency (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = np.asarray(counts, dtype=np.float64)
-    freq = counts / max(counts.sum(), 1)
-    order = np.argsort(-freq)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    axes[0].bar(np.arange(len(freq)), freq, width=1.0, color="tab:blue")
-    axes[0].set_xlabel("code index")
-    axes[0].set_ylabel("frequency")
-    axes[0].set_title(title)
-    axes[1].bar(np.arange(len(freq)), freq[order], width=1.0, color="tab:orange")
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel("codes sorted by frequency")
-    active = int((counts > 0).sum())
-    h = entropy_bits(counts)
-    axes[1].set_title(f"active {active}/{len(counts)}, perplexity {2 ** h:.1f}")
+def plot_code_usage(counts: np.ndarray, path: str | Path, title: str = "code usage", covers: str = "") -> Path:
+    """Code usage (PNG, :func:`code_usage_figure`); ``covers`` says what the counts are
+    (set, run, seed), e.g. ``"test set (exp/x/units/test), seed 1"``."""
     from speechsq.eval.plots import save_figure
 
-    return save_figure(fig, path, dpi=110)
+    return save_figure(code_usage_figure(counts, title, covers), path, dpi=110)
+
+
+def code_usage_figure(counts: np.ndarray, title: str = "code usage", covers: str = ""):
+    """The share of frames of every code index, and the same shares sorted on a log scale,
+    with lines at the number of active codes, the perplexity and the codebook size K."""
+    from speechsq.eval.plots import _pyplot
+
+    plt = _pyplot()
+    counts = np.asarray(counts, dtype=np.float64)
+    k = len(counts)
+    share = 100.0 * counts / max(counts.sum(), 1.0)
+    active = int((counts > 0).sum())
+    perplexity = 2.0 ** entropy_bits(counts)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    axes[0].bar(np.arange(k), share, width=1.0, color="tab:blue")
+    axes[0].set_xlim(-0.5, k - 0.5)
+    axes[0].set_xlabel(f"code index (codebook size K = {k})")
+    axes[0].set_ylabel("share of frames (%)")
+    axes[0].set_title("usage per code")
+    ranked = np.sort(share)[::-1]
+    used = ranked[ranked > 0]
+    axes[1].bar(np.arange(1, len(used) + 1), used, width=1.0, color="tab:orange", label="used codes")
+    axes[1].set_yscale("log")
+    axes[1].set_xlim(0.5, 1.04 * k + 0.5)
+    axes[1].axvline(active, color="tab:green", linestyle="-", linewidth=1.2, label=f"active codes = {active}")
+    axes[1].axvline(perplexity, color="tab:purple", linestyle=":", linewidth=1.5, label=f"perplexity = {perplexity:.1f}")
+    axes[1].axvline(k, color="0.3", linestyle="--", linewidth=1.2, label=f"codebook size K = {k}")
+    axes[1].set_xlabel("rank of the code (most used first)")
+    axes[1].set_ylabel("share of frames (%, log scale)")
+    axes[1].set_title("codes sorted by usage")
+    axes[1].legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"{title}: code usage over {int(counts.sum())} latent frames" + (f"\n{covers}" if covers else ""), fontsize=10)
+    return fig

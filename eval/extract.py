@@ -44,11 +44,11 @@ records the checkpoint (path, SHA-256 of its content, step), the data dir and fe
 the audio input, the frame shift and what was left out, so consumers can tell where units
 came from.
 
-Python API (textlesslib-style)::
+Python API: ``speechsq.load`` (:mod:`speechsq.api`); the older textlesslib-style wrapper::
 
     extractor = UnitExtractor.from_checkpoint("last.pt")
     out = extractor(waveform, sample_rate=16000)   # or extractor.from_features(feats)
-    out["units"], out["durations"], out["dense"]    # sum(durations) == len(dense)
+    out["units"], out["durations"], out["frame_units"]   # sum(durations) == len(frame_units)
 """
 
 from __future__ import annotations
@@ -230,27 +230,43 @@ def feature_frame_shift(cfg) -> float:
     return float(pre["hop_length"]) / float(pre["sample_rate"])
 
 
-class UnitExtractor:
-    """Waveform or features -> ``{"units", "durations", "dense", "z_q", "z_e"}`` (torch tensors).
+class UnitDict(dict):
+    """The dict :class:`UnitExtractor` returns; ``out["dense"]`` still reads ``frame_units``
+    (with a DeprecationWarning): in textlesslib ``dense`` means continuous features."""
 
-    ``dense`` is the code index of every latent frame, ``units``/``durations`` its run-length
-    encoding. ``vocab_size``, ``code_hop_size`` (waveform samples per unit) and
-    ``expected_sample_rate`` follow textlesslib's duck-typed encoder contract.
+    def __getitem__(self, key):
+        if key == "dense":
+            import warnings
+
+            warnings.warn('UnitExtractor output "dense" is deprecated: use "frame_units" (the code index of every '
+                          'latent frame)', DeprecationWarning, stacklevel=2)
+            key = "frame_units"
+        return super().__getitem__(key)
+
+
+class UnitExtractor:
+    """Waveform or features -> ``{"units", "durations", "frame_units", "z_q", "z_e"}`` (torch
+    tensors); a thin wrapper over :class:`speechsq.api.UnitCodec` (``speechsq.load``), kept
+    for existing callers.
+
+    ``frame_units`` is the code index of every latent frame (formerly ``dense``, still readable
+    with a DeprecationWarning), ``units``/``durations`` its run-length encoding. Waveforms of
+    any rate and channel count are resampled / mixed down (logged). ``vocab_size``,
+    ``code_hop_size`` (waveform samples per unit) and ``expected_sample_rate`` follow
+    textlesslib's duck-typed encoder contract.
     """
 
     def __init__(self, model, cfg, device: str | torch.device = "cpu", cmvn=None):
-        from speechsq.features import build_pipeline
+        from speechsq.api import UnitCodec
 
-        self.model = model.to(device).eval()
-        self.cfg = cfg
-        self.device = torch.device(device)
-        self.pipeline = build_pipeline(cfg["preprocessing"])
-        if self.pipeline.standardize and cmvn is None:
+        self.codec = UnitCodec(model, cfg, device, cmvn)
+        if self.codec.pipeline.standardize and cmvn is None:
             raise ValueError("these features are standardised: pass the training-set Cmvn (cmvn.npz)")
-        self.cmvn = cmvn
-        self.vocab_size = num_codes_of(model)
-        self.expected_sample_rate = self.pipeline.sample_rate
-        self.code_hop_size = self.pipeline.hop_length * DOWNSAMPLING
+        self.model, self.cfg, self.device, self.cmvn = self.codec.model, cfg, self.codec.device, cmvn
+        self.pipeline = self.codec.pipeline
+        self.vocab_size = self.codec.vocab_size
+        self.expected_sample_rate = self.codec.sample_rate
+        self.code_hop_size = self.codec.code_hop_size
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, device: str | torch.device = "cpu", cmvn_path: str | Path | None = None):
@@ -261,27 +277,17 @@ class UnitExtractor:
         return cls(model, cfg, device, Cmvn.load(cmvn_path) if cmvn_path else None)
 
     def features(self, waveform, sample_rate: int | None = None) -> np.ndarray:
-        wav = waveform.detach().cpu().numpy() if torch.is_tensor(waveform) else np.asarray(waveform)
-        wav = np.squeeze(wav)
-        if wav.ndim != 1:
-            raise ValueError(f"expected a mono waveform, got shape {np.shape(waveform)}")
-        if sample_rate is not None and sample_rate != self.expected_sample_rate:
-            raise ValueError(f"expected {self.expected_sample_rate} Hz audio, got {sample_rate} Hz; resample first")
-        feats = self.pipeline.from_waveform(wav.astype(np.float64))
-        return self.cmvn.apply(feats) if self.cmvn is not None else feats
+        """(frames, n_mels) features of a waveform (``sample_rate`` None: the model's rate)."""
+        feats, _ = self.codec.features(waveform, sample_rate or self.expected_sample_rate)
+        return feats.numpy().T
 
-    def from_features(self, feats: np.ndarray) -> dict[str, torch.Tensor]:
-        enc = next(encode_batches(self.model, {"x": feats}, batch_size=1, device=self.device, progress=False))
-        units, durations = deduplicate(enc.indices)
-        return {
-            "units": torch.from_numpy(units),
-            "durations": torch.from_numpy(durations),
-            "dense": torch.from_numpy(enc.indices),
-            "z_q": torch.from_numpy(enc.z_q),
-            "z_e": torch.from_numpy(enc.z_e),
-        }
+    def from_features(self, feats: np.ndarray) -> UnitDict:
+        """(frames, n_mels) features (Kaldi orientation, as FeatureReader gives them)."""
+        enc = self.codec.encode_features(np.asarray(feats, dtype=np.float32).T)
+        return UnitDict(units=enc.units, durations=enc.durations, frame_units=enc.frame_units, z_q=enc.quantized,
+                        z_e=enc.latents)
 
-    def __call__(self, waveform, sample_rate: int | None = None) -> dict[str, torch.Tensor]:
+    def __call__(self, waveform, sample_rate: int | None = None) -> UnitDict:
         return self.from_features(self.features(waveform, sample_rate))
 
 

@@ -71,22 +71,40 @@ def kmeans_probe(features: np.ndarray, labels, n_clusters: int | None = None, n_
     return ClusteringResult(hungarian_accuracy(pred, labels), nmi(pred, labels), k, len(labels))
 
 
-def linear_probe(train_x, train_y, test_x, test_y, max_iter: int = 1000, seed: int = 0) -> float:
-    """Single linear layer + softmax (multinomial logistic regression); test accuracy in percent.
+class LinearProbe:
+    """Single linear layer + softmax (multinomial logistic regression) on standardised inputs.
 
-    Features are standardised with the training statistics first (the layer's own
-    affine map could absorb it, but the optimiser converges far faster).
+    Features are standardised with the training statistics first (the layer's own affine map
+    could absorb it, but the optimiser converges far faster).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
-    train_x, test_x = np.asarray(train_x, np.float64), np.asarray(test_x, np.float64)
-    if len(np.unique(train_y)) < 2:
-        raise ValueError("a linear probe needs at least two classes in the training data")
-    scaler = StandardScaler().fit(train_x)
-    clf = LogisticRegression(max_iter=max_iter, random_state=seed)
-    clf.fit(scaler.transform(train_x), np.asarray(train_y))
-    return 100.0 * float((clf.predict(scaler.transform(test_x)) == np.asarray(test_y)).mean())
+    def __init__(self, train_x, train_y, max_iter: int = 1000, seed: int = 0):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        train_x = np.asarray(train_x, np.float64)
+        if len(np.unique(train_y)) < 2:
+            raise ValueError("a linear probe needs at least two classes in the training data")
+        self.scaler = StandardScaler().fit(train_x)
+        self.classifier = LogisticRegression(max_iter=max_iter, random_state=seed)
+        self.classifier.fit(self.scaler.transform(train_x), np.asarray(train_y))
+
+    @property
+    def classes(self) -> np.ndarray:
+        return self.classifier.classes_
+
+    def predict(self, x) -> np.ndarray:
+        return self.classifier.predict(self.scaler.transform(np.asarray(x, np.float64)))
+
+    def log_proba(self, x) -> np.ndarray:
+        """(N, classes) log-probabilities, columns in the order of :attr:`classes`."""
+        return self.classifier.predict_log_proba(self.scaler.transform(np.asarray(x, np.float64)))
+
+
+def linear_probe(train_x, train_y, test_x, test_y, max_iter: int = 1000, seed: int = 0) -> float:
+    """:class:`LinearProbe` trained on ``train``; accuracy on ``test`` in percent."""
+    probe = LinearProbe(train_x, train_y, max_iter, seed)
+    return 100.0 * float((probe.predict(test_x) == np.asarray(test_y)).mean())
 
 
 # ----------------------------------------------------------------------------- speech

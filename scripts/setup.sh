@@ -6,11 +6,11 @@
 #   * installs Debian's espeak-ng (the embedded corpus synthesiser) when it is missing.
 #
 # A stamp file records what was installed, so a second run only checks and returns.
-# Usage: bash scripts/setup.sh [--extras test,bench]   (default: test,bench)
+# Usage: bash scripts/setup.sh [--extras test,bench]   (default: test,bench,fid)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-extras="test,bench"   # bench: the named peers (vector-quantize-pytorch, zerospeech-libriabx2) that benchmarks and agreement tests compare against
+extras="test,bench,fid"   # bench: the named peers (vector-quantize-pytorch, zerospeech-libriabx2) that benchmarks and agreement tests compare against; fid: torch-fidelity for the standard FID
 while [ $# -gt 0 ]; do
   case "$1" in
     --extras) extras="$2"; shift 2 ;;

@@ -26,11 +26,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-items": ("speechsq.data_prep.make_items", "an ABX item file from phone alignments (when the corpus has none)"),
     "compute-feats": ("speechsq.features.compute", "compute log-Mel features for a data dir (feats.scp + ark)"),
     "train": ("speechsq.training.cli", "train a model (hydra overrides: experiment=mini quantizer=sq_gauss1 ...)"),
+    "export-model": ("speechsq.training.export", "write a shareable model (safetensors + config) from a checkpoint"),
     "extract": ("speechsq.eval.extract", "extract units / ZeroSpeech submission from a checkpoint"),
     "abx": ("speechsq.eval.abx", "ABX discriminability of features or units on an item file"),
     "evaluate": ("speechsq.eval.evaluate", "MSE (dB^2), bitrate, codebook statistics of a checkpoint"),
     "report": ("speechsq.eval.report", "collect results.json / results.md tables over runs"),
-    "plots": ("speechsq.eval.plots", "reconstruction figure and training curves (PNG) of an experiment"),
+    "resynthesize": ("speechsq.eval.resynthesize", "speak utterances or units in training speakers' voices (wavs, ZeroSpeech synthesis)"),
+    "synthesis-measures": ("speechsq.eval.speech_measures", "MCD/LSD of resynthesis, speaker match and ABX of voice conversion"),
+    "plots": ("speechsq.eval.plots", "training curves and reconstruction figure (PNG) of an experiment"),
+    "extract-codes": ("speechsq.data.code_maps", "encode an image split into code maps (to train a PixelCNN prior on)"),
+    "image-fid": ("speechsq.eval.image_fid", "SQ-VAE Table 2 for an image model: rFID, generation, Neighbor-k, interpolation"),
 }
 
 DEBUG_ENV = "SPEECHSQ_DEBUG"

@@ -42,3 +42,14 @@ def require_espeak() -> None:
         ok, problem = False, str(err)
     require(ok, f"espeak-ng ({problem})" if problem else "espeak-ng", "apt-get install espeak-ng (README set-up)",
             really_absent=shutil.which("espeak-ng") is None)
+
+
+def require_module(name: str, extra: str):
+    """Import ``name`` from an extra that the README set-up installs (``bench``, ``fid``):
+    missing is a failure, a skip only with SPEECHSQ_ALLOW_SKIP=1."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        require(False, f"{name} ({err})", f"bash scripts/setup.sh (installs the `{extra}` extra)")

@@ -6,6 +6,7 @@ import math
 import pytest
 import yaml
 
+from speechsq.completion import mark_complete
 from speechsq.eval import report
 from speechsq.eval.claims import CLAIM_SETS, check_claims, claims_markdown
 from speechsq.errors import SpeechsqError
@@ -16,7 +17,12 @@ def _run(exp, row, seed, quantizer, metrics, sigma2=None):
     (d / "eval").mkdir(parents=True)
     likelihood = {"name": "gaussian_fixed", "sigma2": sigma2} if sigma2 is not None else {"name": "gaussian_closed_form"}
     (d / "config.yaml").write_text(yaml.safe_dump({"quantizer": {"name": quantizer, "likelihood": likelihood}, "seed": seed}))
-    (d / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    _metrics(d, metrics)
+
+
+def _metrics(run_dir, metrics):
+    (run_dir / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    mark_complete(run_dir / "eval", "eval", ["metrics.json"], producer="test")
 
 
 @pytest.fixture
@@ -59,7 +65,7 @@ def test_parity_margin_boundary(tmp_path):
     assert parity.z == pytest.approx(1.0, abs=1e-9)
     assert parity.status == "holds"
     for seed, value in ((1, 12.01), (2, 14.01)):  # shifted by 0.01: same spread, z = 2.01 / 2
-        (tmp_path / "sq_gauss1" / f"seed{seed}" / "eval" / "metrics.json").write_text(json.dumps({"mse_db2": value}))
+        _metrics(tmp_path / "sq_gauss1" / f"seed{seed}", {"mse_db2": value})
     parity = check_claims("sqvae_zerospeech19", tmp_path, report.collect(tmp_path))[1]
     assert parity.z == pytest.approx(1.005, abs=1e-9) and parity.status == "does not hold"
 

@@ -121,3 +121,58 @@ def test_torchrun_cli_two_processes(tmp_path):
     # each process drew its own shard with its own generator
     states = [p["batch_source"]["rng"]["state"]["state"] for p in ckpt["processes"]]
     assert states[0] != states[1]
+
+
+# ----- the validation pass: each process validates its shard, the means are over all examples ---
+EXAMPLES = torch.arange(10, dtype=torch.float32) ** 2
+
+
+class ShardedExamples:
+    """Held-out examples ``rank::world_size`` in batches of 3 (uneven shards and batches)."""
+
+    def __init__(self, rank: int, world_size: int):
+        self.values = EXAMPLES[rank::world_size]
+        self.examples = len(self.values)
+
+    def batches(self):
+        for start in range(0, len(self.values), 3):
+            yield {"x": self.values[start : start + 3]}
+
+
+class MeanOfX(torch.nn.Module):
+    def forward(self, batch, ctx):
+        from speechsq.models.base import ModelOutput
+
+        return ModelOutput(loss=batch["x"].mean(), metrics={"max": batch["x"].max()})
+
+
+def _validation_worker(rank, world_size, port, out_dir):
+    from speechsq.quantizers import StepContext
+    from speechsq.training.validation import run_validation
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        ctx = D.init_from_env("cpu")
+        result = run_validation(MeanOfX(), ShardedExamples(ctx.rank, ctx.world_size).batches(), StepContext(),
+                                torch.device("cpu"), step=1, dist_ctx=ctx)
+        torch.save({"examples": result.examples, "values": result.values}, os.path.join(out_dir, f"valid{rank}.pt"))
+    finally:
+        D.shutdown()
+
+
+def test_validation_means_do_not_depend_on_the_number_of_processes(tmp_path):
+    from speechsq.quantizers import StepContext
+    from speechsq.training.validation import run_validation
+
+    single = run_validation(MeanOfX(), ShardedExamples(0, 1).batches(), StepContext(), torch.device("cpu"), step=1)
+    assert single.examples == 10 and single.loss == pytest.approx(float(EXAMPLES.mean()), rel=1e-6)
+    mp.spawn(_validation_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"valid{rank}.pt")
+        assert got["examples"] == 10
+        assert got["values"]["loss"] == pytest.approx(single.loss, rel=1e-7)  # float32 batch means
+        # the max is averaged over batches weighted by their size, so it depends on how the shards are batched:
+        # rank 0 holds 0, 4, 16 | 36, 64 and rank 1 holds 1, 9, 25 | 49, 81
+        assert got["values"]["metrics/max"] == pytest.approx((3 * 16 + 2 * 64 + 3 * 25 + 2 * 81) / 10, rel=1e-7)

@@ -155,7 +155,7 @@ def test_tiny_real_model_through_the_cli(tmp_path, tiny_checkpoint):
         dense = np.load(out / "indices" / f"{utt}.npy")
         alone = extractor.from_features(FeatureReader(feat_dir)[utt])
         assert len(dense) == (n + 1) // 2
-        np.testing.assert_array_equal(alone["dense"].numpy(), dense)
+        np.testing.assert_array_equal(alone["frame_units"].numpy(), dense)
         np.testing.assert_array_equal(alone["z_q"].numpy(), np.load(out / "z_q" / f"{utt}.npy"))
 
 
@@ -165,13 +165,14 @@ def test_waveform_api_invariants(tiny_checkpoint):
     t = np.arange(16000) / 16000
     wav = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(0).standard_normal(16000)
     out = extractor(wav, sample_rate=16000)
-    assert int(out["durations"].sum()) == len(out["dense"])
-    assert torch.equal(torch.repeat_interleave(out["units"], out["durations"]), out["dense"])
-    assert out["z_q"].shape[0] == len(out["dense"])
-    with pytest.raises(ValueError, match="16000 Hz"):
-        extractor(wav, sample_rate=8000)
-    with pytest.raises(ValueError, match="mono"):
-        extractor(np.stack([wav, wav]), sample_rate=16000)
+    assert int(out["durations"].sum()) == len(out["frame_units"])
+    assert torch.equal(torch.repeat_interleave(out["units"], out["durations"]), out["frame_units"])
+    assert out["z_q"].shape[0] == len(out["frame_units"])
+    with pytest.warns(DeprecationWarning, match='use "frame_units"'):
+        assert torch.equal(out["dense"], out["frame_units"])  # the old name still reads
+    # any rate and channel count: resampled / mixed down (speechsq.api), no longer refused
+    assert torch.equal(extractor(np.stack([wav, wav]), sample_rate=16000)["frame_units"], out["frame_units"])
+    assert len(extractor(wav[::2], sample_rate=8000)["frame_units"]) == len(out["frame_units"])
 
 
 def make_set(root, utts: dict[str, int], skipped: dict[str, str] | None = None, n_mels: int = 20, seed: int = 4):
@@ -442,7 +443,7 @@ def test_extract_audio_file_or_folder(tmp_path, tiny_checkpoint, monkeypatch):
     assert marker["count"] == 3 and marker["keys_sha256"] == keys_digest(["s1_a", "s1_b", "s2_c"])
     extractor = UnitExtractor.from_checkpoint(tiny_checkpoint)
     pipeline = build_pipeline(extractor.cfg["preprocessing"])
-    expected = extractor.from_features(pipeline(wavs / "sub/s1_b.flac"))["dense"].numpy()
+    expected = extractor.from_features(pipeline(wavs / "sub/s1_b.flac"))["frame_units"].numpy()
     np.testing.assert_array_equal(np.load(tmp_path / "u/indices/s1_b.npy"), expected)
     # one file, through the old option name
     assert run_extract(tiny_checkpoint, "--wav-dir", wavs / "s1_a.WAV", "--out", tmp_path / "one") == 0

@@ -179,6 +179,7 @@ def test_tiny_model_learns_a_few_digits_through_the_shared_trainer(tmp_path):
     cfg = compose_config([
         "experiment=images_digits", "quantizer=vq", "quantizer.num_codes=16", "quantizer.code_dim=16", "model.width=16",
         "data.limit=32", "data.batch_size=16", "training.steps=150", "training.lr=3e-3", "training.milestones=[]",
+        "training.scheduler=multistep", "training.validation.every=0",  # 2 batches per epoch: no plateau, no validation
         "training.checkpoint_every=150", "training.log_every=50", "training.progress=false", f"exp_dir={tmp_path}",
     ])  # fmt: skip
     trainer = build_run(cfg)

@@ -15,11 +15,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_KEYS = {"mse_db2", "abx_across", "abx_within", "bitrate", "perplexity", "active_codes"}
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+
+@pytest.fixture
+def espeak():
+    from external_tools import require_espeak
+
+    require_espeak()  # the README set-up installs it: missing is a failure, not a skip
 
 
 def copy_recipe(tmp_path: Path, name: str) -> Path:
@@ -58,47 +65,87 @@ def test_missing_corpus_is_a_clear_error(tmp_path):
     assert "nowhere" in done.stderr and "not found" in done.stderr
 
 
-@needs_espeak
-def test_zerospeech19_recipe_end_to_end_tiny(tmp_path):
+def _mean_std(values):
+    import statistics
+
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def test_zerospeech19_recipe_end_to_end_tiny(tmp_path, espeak):
     script = copy_recipe(tmp_path, "zerospeech19")
     recipe = script.parent
-    args = ("--corpus-utterances", "60", "--train-steps", "100", "--quantizers", "vq_ema sq_gauss1", "--tag", "tiny")
+    args = ("--corpus-utterances", "60", "--train-steps", "60", "--quantizers", "vq_ema sq_gauss1",
+            "--vq-sigma2", "0.1 10", "--seeds", "1 2", "--train-nj", "2", "--tag", "tiny")
     first = run_recipe(script, *args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "[train] vq_ema seed 1" in first.stdout
+    assert "[train] 6 run(s) to train, 2 at a time, 1 thread(s) each" in first.stdout
 
+    # the runs: the VQ family over the sigma^2 grid, SQ-VAE as it is, each seed
+    exp = recipe / "exp/tiny"
+    assert (exp / "runs.txt").read_text() == (
+        "vq_ema_sigma2_0.1 vq_ema 1 quantizer.likelihood.sigma2=0.1\n"
+        "vq_ema_sigma2_0.1 vq_ema 2 quantizer.likelihood.sigma2=0.1\n"
+        "vq_ema_sigma2_10 vq_ema 1 quantizer.likelihood.sigma2=10\n"
+        "vq_ema_sigma2_10 vq_ema 2 quantizer.likelihood.sigma2=10\n"
+        "sq_gauss1 sq_gauss1 1\n"
+        "sq_gauss1 sq_gauss1 2\n"
+    )
     # every stage left its outputs
     assert (recipe / "corpus/embedded/test").is_dir()
     for s in ("train", "parallel", "test"):
         assert (recipe / f"data/{s}/wav.scp").is_file()
         assert (recipe / f"feats/{s}/feats.scp").is_file()
     assert (recipe / "data/test/items").is_file()
-    exp = recipe / "exp/tiny"
-    for q in ("vq_ema", "sq_gauss1"):
-        run = exp / q / "seed1"
-        assert (run / "checkpoints/last.pt").is_file()
-        assert any((run / "units").rglob("*.npy"))
-        submission = run / "units" / "zerospeech"
-        assert (submission / "metadata.yaml").is_file()
-        assert len(list((submission / "test").glob("*.txt"))) == len((recipe / "data/test/wav.scp").read_text().splitlines())
-        assert (run / "eval/metrics.json").is_file()
+    n_test = len((recipe / "data/test/wav.scp").read_text().splitlines())
+    per_run = {}
+    for row, sigma2 in (("vq_ema_sigma2_0.1", 0.1), ("vq_ema_sigma2_10", 10.0), ("sq_gauss1", None)):
+        for seed in (1, 2):
+            run = exp / row / f"seed{seed}"
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            assert cfg["seed"] == seed and cfg["training"]["steps"] == 60
+            assert cfg["quantizer"]["likelihood"].get("sigma2") == sigma2 if sigma2 else cfg["quantizer"]["likelihood"]["name"] == "gaussian_closed_form"
+            assert (run / "checkpoints/last.pt").is_file()
+            submission = run / "units" / "zerospeech"
+            assert (submission / "metadata.yaml").is_file()
+            assert len(list((submission / "test").glob("*.txt"))) == n_test
+            per_run[row, seed] = json.loads((run / "eval/metrics.json").read_text())
 
+    # results.json is exactly the per-seed numbers, summarised
     results = json.loads((exp / "results.json").read_text())
-    table = (exp / "results.md").read_text()
-    assert "log-Mel baseline" in table
-    assert set(results["baseline"]) == {"abx_across", "abx_within"}
-    for q in ("vq_ema", "sq_gauss1"):
-        metrics = results["quantizers"][q]["metrics"]
+    assert results["baseline"] == {k: json.loads((exp / "baseline/eval/metrics.json").read_text())[k] for k in ("abx_across", "abx_within")}
+    for row in ("vq_ema_sigma2_0.1", "vq_ema_sigma2_10", "sq_gauss1"):
+        metrics = results["quantizers"][row]["metrics"]
         assert RECIPE_KEYS <= set(metrics), metrics.keys()
-        assert metrics["mse_db2"]["mean"] > 0
-        assert 0 <= metrics["abx_across"]["mean"] <= 100
-        assert metrics["perplexity"]["mean"] >= 1
+        for key in ("mse_db2", "abx_across", "bitrate", "perplexity"):
+            values = [per_run[row, seed][key] for seed in (1, 2)]
+            assert metrics[key]["values"] == values
+            assert (metrics[key]["mean"], metrics[key]["std"]) == pytest.approx(_mean_std(values), abs=1e-12)
+    table = (exp / "results.md").read_text()
+    assert "| VQ-VAE w/ EMA (σ² = 10) | 2 |" in table and "log-Mel baseline" in table
+    claims = results["claims"]
+    assert claims["set"] == "sqvae_zerospeech19"
+    assert [c["status"] for c in claims["results"]][2] == "not testable"  # no sq_gauss4 row
+    assert "### Paper claims, checked on this run (sqvae_zerospeech19)" in table
 
     # re-running skips finished work (no training, no feature extraction) ...
     again = run_recipe(script, *args)
     assert again.returncode == 0
     assert "stage 3: training" in again.stdout  # the stage header is logged, its jobs are skipped
-    assert "[train]" not in again.stdout and "[extract]" not in again.stdout
+    assert "[train] 0 run(s) to train" in again.stdout and "[extract]" not in again.stdout
     # ... and an explicit --stage redoes from there
     redo = run_recipe(script, *args, "--stage", "6")
     assert redo.returncode == 0 and "stage 6: report" in redo.stdout
+
+    # a corpus without an ABX item file fails in stage 1, before any training, with the fix
+    corpus = tmp_path / "no_items"
+    shutil.copytree(recipe / "corpus/embedded", corpus)
+    (corpus / "alignments/test.item").unlink()
+    no_items = run_recipe(script, "--corpus", str(corpus), "--tag", "noitems", "--stage", "1")
+    assert no_items.returncode == 2
+    assert "no ABX item file for the test set" in no_items.stderr and "--items PATH" in no_items.stderr
+    assert "stage 3" not in no_items.stdout and not (recipe / "exp/noitems").exists()
+    # ... and --items supplies it
+    with_items = run_recipe(script, "--corpus", str(corpus), "--items", str(recipe / "corpus/embedded/alignments/test.item"),
+                            "--tag", "noitems", "--stage", "1", "--stop-stage", "1")
+    assert with_items.returncode == 0, with_items.stderr[-2000:]
+    assert (recipe / "data/test/items").read_bytes() == (recipe / "corpus/embedded/alignments/test.item").read_bytes()

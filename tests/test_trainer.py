@@ -1,9 +1,17 @@
-"""The shared trainer: exact resume, non-finite losses, atomic checkpoints, schedules, logs,
-config errors, the speech batch source, and load_model."""
+"""The shared trainer: exact resume, non-finite losses, atomic checkpoints, gradient clipping
+and learning-rate schedules (exact per step), logs, config errors, the speech batch source,
+and load_model.
 
+Run directories (lock, resume policy, disk full), checkpoint safety and export, the config
+schema and the validation pass have their own files: test_run_dir.py, test_checkpoint_safety.py,
+test_config_schema.py, test_validation.py.
+"""
+
+import copy
 import logging
 import math
 import os
+import stat
 from pathlib import Path
 
 import kaldiio
@@ -17,8 +25,10 @@ from speechsq.models.base import ModelOutput
 from speechsq.training import (
     ConfigError, NonFiniteLossError, Trainer, TrainerConfig, atomic_save, build_run, compose_config, load_checkpoint, load_model,
 )
+from speechsq import cli
 from speechsq.training.cli import main as train_main
-from speechsq.training.schedules import KLWarmup, TemperatureSchedule
+from speechsq.training.rundir import ResumeError
+from speechsq.training.schedules import KLWarmup, PlateauConfig, PlateauSchedule, TemperatureSchedule
 
 N_MELS = 80
 
@@ -110,16 +120,22 @@ class ToyRegression(nn.Module):
 
 
 class ToySource:
-    """y = x . w; at ``poison_at`` (a batch number) the inputs are NaN."""
+    """y = x . w; at ``poison_at`` (a batch number) the inputs are NaN; ``scales[n]`` multiplies
+    batch n's inputs and targets (gradients of very different size); ``stop_at``: raise
+    KeyboardInterrupt when batch ``stop_at`` is asked for (a killed run)."""
 
-    def __init__(self, poison_at=None):
+    W = np.array([[1.0], [-2.0], [0.5]], dtype=np.float32)
+
+    def __init__(self, poison_at=None, scales=None, stop_at=None):
         self.rng = np.random.default_rng(0)
         self.n = 0
-        self.poison_at = poison_at
+        self.poison_at, self.scales, self.stop_at = poison_at, scales or {}, stop_at
 
     def next_batch(self):
-        x = self.rng.normal(size=(8, 3)).astype(np.float32)
-        y = x @ np.array([[1.0], [-2.0], [0.5]], dtype=np.float32)
+        if self.n + 1 == self.stop_at:
+            raise KeyboardInterrupt("killed")
+        x = self.rng.normal(size=(8, 3)).astype(np.float32) * self.scales.get(self.n + 1, 1.0)
+        y = x @ self.W
         self.n += 1
         if self.n == self.poison_at:
             x[:] = np.nan
@@ -133,22 +149,34 @@ class ToySource:
         self.n = state["n"]
 
 
-def toy_trainer(tmp_path, source, **cfg):
-    config = TrainerConfig(**{"steps": 10, "lr": 0.05, "milestones": (5,), "checkpoint_every": 2, "log_every": 2,
-                              "device": "cpu", "progress": False, **cfg})
-    return Trainer(ToyRegression(), source, config, tmp_path, run_config={"note": "toy"}, seed=0)
+def toy_config(**cfg):
+    return TrainerConfig(**{"steps": 10, "lr": 0.05, "milestones": (5,), "checkpoint_every": 2, "log_every": 2,
+                            "device": "cpu", "progress": False, **cfg})
+
+
+def toy_trainer(tmp_path, source, model=None, **cfg):
+    return Trainer(model or ToyRegression(), source, toy_config(**cfg), tmp_path, run_config={"note": "toy"}, seed=0)
+
+
+def scalars(directory, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars(tag)}
 
 
 def test_generic_model_trains_and_logs(tmp_path):
     trainer = toy_trainer(tmp_path, ToySource(), steps=100, lr=0.1, milestones=(60,), checkpoint_every=50,
                           kl_warmup=KLWarmup("cosine", 20))
     result = trainer.fit()
-    assert result.step == 100 and result.metrics["terms/mse"] < 0.01
-    assert result.metrics["lr"] == pytest.approx(0.05)  # halved once, at step 60
+    assert result.step == 100 and result.metrics["terms/mse"] < 0.01  # y = x.w is learnable: 0.5 x Var(y) = 2.6 at the start
+    assert result.metrics["lr"] == 0.05  # halved once, at update 60
     assert result.metrics["kl_weight"] == 1.0
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert ckpt["step"] == 100 and ckpt["config"] == {"note": "toy"}
-    assert {"python", "numpy", "torch"} <= set(ckpt["processes"][0]["rng"])
+    assert ckpt["step"] == 100 and ckpt["config"] == {"note": "toy"} and ckpt["format"] == 2
+    assert set(ckpt["processes"][0]["rng"]) == {"python", "numpy", "torch"}
+    torch.testing.assert_close(ckpt["model"]["linear.weight"], torch.tensor([[1.0, -2.0, 0.5]]), atol=0.02, rtol=0)
     assert "train" in (tmp_path / "train.log").read_text()
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -157,8 +185,10 @@ def test_generic_model_trains_and_logs(tmp_path):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"loss", "terms/mse", "terms/reg", "metrics/tau", "lr", "temperature", "kl_weight", "metrics/grad_norm"} <= tags
-    temps = [e.value for e in events.Scalars("temperature")]
-    assert temps[0] == pytest.approx(math.exp(-1e-5 * 1))
+    # logged at step s: the value the s-th update used (step index s - 1); tensorboard keeps float32
+    temps = scalars(tmp_path / "tensorboard", "temperature")
+    assert temps[50] == np.float32(math.exp(-1e-5 * 49))
+    assert scalars(tmp_path / "tensorboard", "kl_weight")[10] == np.float32(0.5 * (1 - math.cos(math.pi * 9 / 20)))
 
 
 def test_non_finite_loss_stops_with_the_step_and_terms_and_keeps_the_last_checkpoint(tmp_path):
@@ -171,16 +201,21 @@ def test_non_finite_loss_stops_with_the_step_and_terms_and_keeps_the_last_checkp
     assert "non-finite loss at step 5" in (tmp_path / "train.log").read_text()
 
 
-def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+def test_checkpoint_writes_are_atomic_and_honour_the_umask(tmp_path, monkeypatch):
     target = tmp_path / "last.pt"
-    atomic_save({"model": {"w": torch.ones(2)}, "step": 1}, target)
+    old_umask = os.umask(0o027)
+    try:
+        atomic_save({"model": {"w": torch.ones(2)}, "step": 1}, target)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # not mkstemp's 0600: colleagues in the group can read it
 
     def broken_save(obj, f, *args, **kwargs):
         f.write(b"partial")
-        raise OSError("disk full")
+        raise OSError("disk on fire")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="disk on fire"):
         atomic_save({"model": {}, "step": 2}, target)
     monkeypatch.undo()
     assert load_checkpoint(target)["step"] == 1  # the old checkpoint is intact
@@ -190,14 +225,127 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         load_checkpoint(target)
 
 
+def test_a_killed_run_resumes_with_the_same_logged_window(tmp_path):
+    """The loss window is checkpointed: the first window logged after a resume covers the same
+    updates as the uninterrupted run's and has the same value."""
+    common = dict(steps=12, log_every=5, checkpoint_every=7, milestones=())
+    toy_trainer(tmp_path / "straight", ToySource(), **common).fit()
+    with pytest.raises(KeyboardInterrupt):  # dies asking for batch 9, after the checkpoint at 7 (window 6-7 open)
+        toy_trainer(tmp_path / "split", ToySource(stop_at=9), **common).fit()
+    resumed = toy_trainer(tmp_path / "split", ToySource(), **common)
+    resumed.resume(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert resumed.step == 7 and resumed._count == 2
+    resumed.fit()
+    straight = scalars(tmp_path / "straight" / "tensorboard", "loss")
+    split = scalars(tmp_path / "split" / "tensorboard", "loss")
+    assert sorted(straight) == sorted(split) == [5, 10, 12]
+    assert split == straight  # bit-identical, the window 6-10 included
+
+
+def test_a_restarted_run_drops_the_events_a_killed_attempt_logged(tmp_path):
+    with pytest.raises(KeyboardInterrupt):  # killed asking for batch 4: steps 1-3 logged, no checkpoint yet
+        toy_trainer(tmp_path, ToySource(stop_at=4), steps=5, log_every=1, checkpoint_every=10).fit()
+    toy_trainer(tmp_path, ToySource(), steps=5, log_every=1, checkpoint_every=10).fit()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5]  # not 1, 2, 3, 1, 2, ...
+
+
+# ----- gradient clipping and learning-rate schedules: exact per step --------------------------
+def test_clipped_gradients_are_what_adam_applies(tmp_path):
+    """Two updates whose gradients differ 10x in size, both clipped to max 0.1: the trainer's
+    parameters equal Adam's on the clipped gradients (Adam is scale invariant only for a
+    constant scale, so unclipped gradients give different parameters)."""
+    torch.manual_seed(0)
+    model = ToyRegression()
+    reference = copy.deepcopy(model)
+    trainer = toy_trainer(tmp_path, ToySource(scales={2: 10.0}), model=model, steps=2, grad_clip=0.1, milestones=(),
+                          checkpoint_every=100, log_every=1)
+    seen = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: seen.append(float(torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for g in opt.param_groups for p in g["params"]]))))
+    )
+    trainer.fit()
+
+    optimizer = torch.optim.Adam(reference.parameters(), lr=0.05, betas=(0.9, 0.999))
+    source, norms = ToySource(scales={2: 10.0}), []
+    for step in range(2):
+        optimizer.zero_grad()
+        reference(source.next_batch(), trainer.step_context(step)).loss.backward()
+        grads = [p.grad for p in reference.parameters()]
+        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        norms.append(float(norm))
+        for g in grads:
+            g.mul_(torch.clamp(0.1 / (norm + 1e-6), max=1.0))
+        optimizer.step()
+    assert norms[1] > 5 * norms[0] > 0.5  # both far above the clipping threshold
+    for got, want in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    # the gradient Adam saw never exceeds the maximum (up to the float32 rounding of re-computing its norm)
+    assert all(n <= 0.1 * (1 + 1e-6) for n in seen)
+    assert seen == pytest.approx([0.1 * n / (n + 1e-6) for n in norms], rel=1e-5)
+    logged = scalars(tmp_path / "tensorboard", "metrics/grad_norm")  # the norm before clipping
+    assert [logged[1], logged[2]] == pytest.approx(norms, rel=1e-5)
+
+
+def test_multistep_learning_rate_at_each_update(tmp_path):
+    """milestones [3, 5], gamma 0.5: updates 0-2 use 1, updates 3-4 use 0.5, updates 5-6 use 0.25."""
+    trainer = toy_trainer(tmp_path, ToySource(), steps=7, lr=1.0, milestones=(3, 5), gamma=0.5, log_every=1,
+                          checkpoint_every=100)
+    used = []
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    trainer.fit()
+    assert used == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    logged = scalars(tmp_path / "tensorboard", "lr")  # step s logs the rate of update s - 1
+    assert [logged[s] for s in range(1, 8)] == used
+
+
+def test_plateau_halves_after_exactly_patience_bad_validations():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    plateau = PlateauSchedule(opt, plateau=PlateauConfig(patience=3, factor=0.5, threshold=0.0))
+    lrs = []
+    for loss in [5.0, 4.0, 4.0, 4.0, 4.0, 3.0, 3.5, 3.0, 3.0, 4.0]:
+        plateau.after_validation(loss)
+        lrs.append(opt.param_groups[0]["lr"])
+    # best 5, 4 (better), then three without improvement: halved at the third, not the second or fourth;
+    # 3.0 improves (counter reset), 3.5, 3.0 (equal: no improvement), 3.0: the third -> halved again
+    assert lrs == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25]
+    assert plateau.state_dict() == {"best": 3.0, "bad_validations": 1, "reductions": 2}
+
+
+def test_plateau_improvement_threshold_is_relative_to_the_magnitude():
+    """Gaussian NLLs are often negative: -999.95 after -1000 is worse, not an improvement
+    (torch's ReduceLROnPlateau 'rel' mode would count it as one)."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    plateau = PlateauSchedule(opt, plateau=PlateauConfig(patience=1, factor=0.5, threshold=1e-4))
+    plateau.after_validation(-1000.0)
+    plateau.after_validation(-999.95)
+    assert opt.param_groups[0]["lr"] == 0.5
+    plateau.after_validation(-1000.05)  # better by 5e-5 relative: below the 1e-4 threshold, no improvement
+    assert opt.param_groups[0]["lr"] == 0.25 and plateau.best == -1000.0
+    plateau.after_validation(-1000.2)  # better by 2e-4 relative
+    assert opt.param_groups[0]["lr"] == 0.25 and plateau.best == -1000.2
+    plateau.after_validation(float("nan"))  # never an improvement
+    assert opt.param_groups[0]["lr"] == 0.125 and plateau.best == -1000.2
+
+
 # ----- schedules ----------------------------------------------------------------------------
 def test_temperature_and_kl_warmup_schedules():
     tau = TemperatureSchedule()
-    assert tau(0) == 1.0 and tau(100_000) == pytest.approx(math.exp(-1.0))
+    assert tau(0) == 1.0 and tau(100_000) == pytest.approx(math.exp(-1.0), rel=1e-12)
     assert TemperatureSchedule(init=2.0, decay=1e-3, floor=0.5)(10_000) == 0.5
+    auto = TemperatureSchedule(init=2.0, decay="auto", floor=0.1).for_run(1000)
+    assert auto.decay == pytest.approx(math.log(20) / 1000, rel=1e-12)
+    assert auto(0) == 2.0 and auto(1000) == pytest.approx(0.1, rel=1e-12) and auto(999) > 0.1
+    assert auto(500) == pytest.approx(2.0 / math.sqrt(20), rel=1e-12)  # exponential: the geometric mean half-way
+    with pytest.raises(ValueError, match="decay=auto anneals from init to floor over the run, so it needs 0 < floor < init"):
+        TemperatureSchedule(init=1.0, decay="auto", floor=0.0)
     cos = KLWarmup("cosine", 5000)
     assert cos(0) == 0.0 and cos(2500) == pytest.approx(0.5) and cos(5000) == 1.0 and cos(9000) == 1.0
-    assert cos(1000) < KLWarmup("linear", 5000)(1000)  # cosine starts slower
+    assert cos(1000) == pytest.approx(0.5 * (1 - math.cos(math.pi / 5))) and KLWarmup("linear", 5000)(1000) == 0.2
     assert KLWarmup()(0) == 1.0
     with pytest.raises(KeyError, match="unknown KL warm-up schedule 'sigmoid'"):
         KLWarmup("sigmoid")
@@ -269,14 +417,15 @@ def test_config_errors_are_clear(tmp_path, feats_dir, capsys):
         build_run(tiny_cfg(feats_dir, tmp_path / "exp", "data.segment_frames=31"))
     with pytest.raises(ConfigError, match="context frame"):
         build_run(tiny_cfg(feats_dir, tmp_path / "exp", "data.context_frames=2"))
-    with pytest.raises(ConfigError, match="unknown training.amp 'fp8'"):
+    with pytest.raises(ConfigError, match="^training.amp: expected one of 'none', 'bf16', 'fp16', got 'fp8'$"):
         build_run(tiny_cfg(feats_dir, tmp_path / "exp", "training.amp=fp8"))
     with pytest.raises(ConfigError, match="unknown model.likelihood.name 'laplace'"):
         build_run(tiny_cfg(feats_dir, tmp_path / "exp", "quantizer.likelihood.name=laplace"))
-    with pytest.raises(ConfigError, match="resume=.*no such checkpoint"):
+    with pytest.raises(ResumeError, match="resume=.*none.pt: no such checkpoint"):
         build_run(tiny_cfg(feats_dir, tmp_path / "exp", f"resume={tmp_path}/none.pt"))
-    assert train_main(["quantizer=nope"]) == 2
-    assert "unknown quantizer 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "exp" / "config.yaml").exists()  # nothing written by a run that could not start
+    assert cli.main(["train", "quantizer=nope"]) == 2
+    assert "speechsq train: error: unknown quantizer 'nope'" in capsys.readouterr().err
 
 
 def test_help_lists_groups_and_options(capsys):
@@ -302,6 +451,7 @@ def test_cli_trains_and_load_model_rebuilds_the_model(feats_dir, tmp_path):
     feats = torch.rand(2, N_MELS, 25)
     recon = model.reconstruct(feats, torch.tensor([25, 12]), model.speaker_ids(["s2", "s0"]))
     assert recon.shape == feats.shape and torch.isfinite(recon).all()
+    assert not recon[1, :, 12:].any()  # exactly zero beyond each length
 
 
 @pytest.mark.slow

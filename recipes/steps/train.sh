@@ -7,7 +7,8 @@
 # The runs file has one line per model, `<name> <quantizer> <seed> [overrides]` (see
 # utils/runs.sh). Each run trains into EXP_DIR/<name>/seed<N>/ and writes .train.done last:
 # a finished run is skipped, an interrupted one resumes from its last checkpoint, and
-# --redo 1 trains every run again from scratch (its old checkpoints are moved aside).
+# --redo 1 trains every run again from scratch (resume=restart: the trainer moves the old
+# run to <run>/replaced/<time>/).
 #
 # Threads: each of the --nj parallel jobs gets --threads intra-op threads (default: cores //
 # nj, at least 1), through OMP_NUM_THREADS (speechsq.threads reads it). With torch's default (all
@@ -44,6 +45,9 @@ train_one() {  # name quantizer seed [run overrides...]
   local name=$1 q=$2 seed=$3; shift 3
   local dir=$exp/$name/seed$seed extra=("$@")
   [ -n "$train_steps" ] && extra+=("training.steps=$train_steps")
+  # an unfinished run resumes (the trainer's default); --redo starts over, and the trainer
+  # moves the old run to <dir>/replaced/<time>/ (never deletes it)
+  [ "$redo" = 1 ] && extra+=("resume=restart")
   # shellcheck disable=SC2206
   extra+=($overrides)
   OMP_NUM_THREADS=$threads $cmd "$dir/log/train.log" "${launcher[@]}" experiment="$config" quantizer="$q" \
@@ -57,12 +61,6 @@ while read -r name q seed rest; do
   [ -n "$name" ] || continue
   dir=$exp/$name/seed$seed
   [ "$redo" = 1 ] || [ ! -f "$dir/.train.done" ] || continue
-  if [ "$redo" = 1 ] && [ -d "$dir/checkpoints" ]; then
-    aside=$dir/checkpoints.redo.$(date +%Y%m%d-%H%M%S)
-    echo "$(date '+%F %T') [train] --redo: moving the previous checkpoints of $dir to $aside"
-    mv "$dir/checkpoints" "$aside"
-    rm -rf "$dir/tensorboard"
-  fi
   rm -f "$dir/.train.done"
   todo+=("$name $q $seed $rest")
 done < "$runs"

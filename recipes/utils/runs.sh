@@ -11,8 +11,13 @@
 # sigma^2 (the VQ family, SQ-VAE eq. 4), i.e. when the Table 9 grid applies to it.
 fixed_variance() {
   local name
-  name=$(speechsq train --print-config experiment="$2" quantizer="$1" \
-    | python -c 'import sys; from omegaconf import OmegaConf; print(OmegaConf.create(sys.stdin.read()).quantizer.likelihood.name)')
+  name=$(python -c 'import sys
+from speechsq.errors import SpeechsqError
+from speechsq.training.config import compose_config
+try:
+    print(compose_config(sys.argv[1:]).quantizer.likelihood.name)
+except SpeechsqError as err:
+    sys.exit(f"error: {err}")' experiment="$2" quantizer="$1") || exit 2
   [ "$name" = gaussian_fixed ]
 }
 
@@ -23,7 +28,11 @@ write_runs() {
   : > "$file.tmp"
   for q in $quantizers; do
     values=default
-    if [ -n "$grid" ] && fixed_variance "$q" "$config"; then values=$grid; fi
+    if [ -n "$grid" ]; then
+      # (not in an `if` condition: a failing compose must stop the recipe, not read as "no")
+      fixed=0; fixed_variance "$q" "$config" && fixed=1
+      [ $fixed = 1 ] && values=$grid
+    fi
     for s2 in $values; do
       for seed in $seeds; do
         if [ "$s2" = default ]; then

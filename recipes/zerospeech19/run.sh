@@ -70,6 +70,10 @@ log "tag=$tag config=$config quantizers='$quantizers' vq-sigma2='$vq_sigma2' see
 
 # ---- stage 0: set-up and corpus ----------------------------------------------------------
 . ./path.sh   # creates/activates the environment (fast when it exists)
+# the runs (utils/runs.sh), written first: an unknown quantizer fails here, before any work
+if [ "$stop_stage" -ge 3 ] && { [ ! -s "$runs" ] || stage_on 3; }; then
+  write_runs "$runs" "$config" "$quantizers" "$vq_sigma2" "$seeds"
+fi
 if [ -z "$corpus" ]; then
   corpus=$recipe_dir/corpus/embedded
 fi
@@ -142,9 +146,8 @@ check_inputs() {
 
 if stage_on 3 || stage_on 4 || stage_on 5; then
   check_inputs
-  if [ ! -s "$runs" ] || stage_on 3; then
-    write_runs "$runs" "$config" "$quantizers" "$vq_sigma2" "$seeds"
-  fi
+  log "runs: $(cut -d' ' -f1 "$runs" | sort -u | tr '\n' ' ')x seeds '$seeds' ($(wc -l < "$runs") models)"
+fi
   log "runs: $(cut -d' ' -f1 "$runs" | sort -u | tr '\n' ' ')x seeds '$seeds' ($(wc -l < "$runs") models)"
 fi
 

@@ -152,7 +152,9 @@ class SpeechSegmentSource:
         }
 
     def state_dict(self) -> dict:
-        return {"rng": self._rng.bit_generator.state, "order": self._order.copy(), "pos": self._pos, "epoch": self.epoch}
+        # plain data and tensors only: checkpoints load with torch.load(weights_only=True)
+        return {"rng": self._rng.bit_generator.state, "order": torch.from_numpy(self._order.copy()), "pos": self._pos,
+                "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self._rng.bit_generator.state = state["rng"]

@@ -42,6 +42,7 @@ each summed over the valid dimensions / positions of an example and averaged ove
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -164,6 +165,7 @@ class SpeechVQVAE(nn.Module):
         jitter: float = 0.5,
         loss_normalization: str = "example",
         speakers: list[str] | None = None,
+        features: dict | None = None,
     ):
         super().__init__()
         if loss_normalization not in LOSS_NORMALIZATIONS:
@@ -175,6 +177,9 @@ class SpeechVQVAE(nn.Module):
         self.n_mels = int(n_mels)
         self.n_speakers = int(n_speakers)
         self.speakers = list(speakers) if speakers is not None else None
+        # the training features' preprocessing config and cmvn.npz path: only for listening to
+        # and looking at outputs (summaries); never part of the computation
+        self.features = dict(features) if features else None
         self.loss_normalization = loss_normalization
         self.encoder = SpeechEncoder(self.n_mels, encoder_channels, quantizer.input_dim, norm)
         self.quantizer = quantizer
@@ -233,10 +238,35 @@ class SpeechVQVAE(nn.Module):
         """Deterministic reconstruction (B, n_mels, T); frames beyond each length are zero."""
         with _eval_mode(self):
             enc = self._encode(feats, lengths)
-            speaker = self._check_speaker(speaker, feats)
-            decoded = self.decoder(enc["z_q"].to(feats.dtype), speaker, enc["lengths"])
-            out = self.likelihood.mean(decoded)[:, :, : feats.shape[-1]]
+            out = self._decode(enc["z_q"].to(feats.dtype), speaker, enc["lengths"])[:, :, : feats.shape[-1]]
             return out * _frame_mask(enc["frame_lengths"], feats.shape[-1])[:, None, :].to(out.dtype)
+
+    @torch.no_grad()
+    def decode(self, z_q: Tensor, speaker: Tensor, latent_lengths: Tensor | None = None) -> Tensor:
+        """Quantised codes (B, T', code_dim) -> the likelihood mean (B, n_mels, 2 T') in the
+        given speakers' voices, deterministic (eval mode); what :meth:`reconstruct` decodes.
+        ``latent_lengths`` (B,) for padded batches (frames beyond 2 * length are zero)."""
+        if not torch.is_tensor(z_q) or z_q.ndim != 3 or z_q.shape[-1] != self.quantizer.code_dim:
+            shape = tuple(z_q.shape) if torch.is_tensor(z_q) else type(z_q).__name__
+            raise SpeechInputError(f"codes must be (B, T', code_dim={self.quantizer.code_dim}), got {shape}")
+        if latent_lengths is None:
+            latent_lengths = torch.full((z_q.shape[0],), z_q.shape[1], dtype=torch.long, device=z_q.device)
+        with _eval_mode(self):
+            out = self._decode(z_q, speaker, latent_lengths.to(z_q.device).long())
+            return out * _frame_mask(latent_lengths * self.decoder.upsample, out.shape[-1])[:, None, :].to(out.dtype)
+
+    def _decode(self, z_q: Tensor, speaker: Tensor, latent_lengths: Tensor) -> Tensor:
+        speaker = self._check_speaker(speaker, z_q)
+        return self.likelihood.mean(self.decoder(z_q, speaker, latent_lengths))
+
+    def summaries(self, batch: dict[str, Tensor]) -> dict[str, dict]:
+        """TensorBoard media of the first example of ``batch`` (the trainer's checkpoint hook):
+        ``images`` (input / reconstruction / conversion spectrograms in dB with a colourbar),
+        ``audio`` (the same through the Griffin-Lim vocoder, when the preprocessing config is
+        known) and ``text``; see :func:`speechsq.models.summaries.speech_summaries`."""
+        from speechsq.models.summaries import speech_summaries
+
+        return speech_summaries(self, batch)
 
     def speaker_ids(self, names: list[str]) -> Tensor:
         """Speaker names (from utt2spk) -> the ids used in training."""
@@ -374,4 +404,16 @@ def build_speech_model(cfg: Any) -> SpeechVQVAE:
         jitter=float(m.get("jitter", 0.5)),
         loss_normalization=str(m.get("loss_normalization", "example")),
         speakers=m.get("speakers"),
+        features=_feature_info(cfg),
     )
+
+
+def _feature_info(cfg: Any) -> dict | None:
+    """What :meth:`SpeechVQVAE.summaries` needs to turn outputs into dB and audio."""
+    if "preprocessing" not in cfg or cfg.preprocessing is None:
+        return None
+    from omegaconf import OmegaConf
+
+    feats_dir = OmegaConf.select(cfg, "data.feats_dir", default=None) if OmegaConf.is_config(cfg) else None
+    cmvn = str(Path(str(feats_dir)) / "cmvn.npz") if feats_dir else None
+    return {"preprocessing": _options(cfg.preprocessing), "cmvn": cmvn}

@@ -102,6 +102,13 @@ def all_true(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0.5)
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over the processes (no-op for one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     """Every process's ``obj``, in rank order (``[obj]`` for one process)."""
     if not ctx.enabled:

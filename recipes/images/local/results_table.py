@@ -33,25 +33,47 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", help="NAME=results.json")
+def read_runs(items: list[str], prog: str) -> dict[str, dict] | None:
+    """NAME=path.json arguments -> {NAME: row}; None (after a message) when one is wrong."""
+    rows = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            print(f"{prog}: expected NAME=existing.json, got {item!r}", file=sys.stderr)
+            return None
+        rows[name] = json.loads(Path(path).read_text())
+    return rows
+
+
+def table_command(argv: list[str] | None, description: str, render, prog: str, runs_help: str) -> int:
+    """The command line of the recipe's tables: NAME=json rows -> render(rows, split), printed
+    and optionally written; a ValueError of ``render`` is a one-line error."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("runs", nargs="+", help=runs_help)
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", default=None, help="also write the table (markdown) here")
     args = parser.parse_args(argv)
-    rows = {}
-    for item in args.runs:
-        name, sep, path = item.partition("=")
-        if not sep or not Path(path).is_file():
-            print(f"results_table.py: expected NAME=existing.json, got {item!r}", file=sys.stderr)
-            return 2
-        rows[name] = json.loads(Path(path).read_text())
-    first = next(iter(rows.values()))
-    text = f"{first['dataset']} / {args.split} ({first['images']} images, {first['pixels']} pixels)\n\n{table(rows)}"
+    rows = read_runs(args.runs, prog)
+    if rows is None:
+        return 2
+    try:
+        text = render(rows, args.split)
+    except ValueError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
     return 0
+
+
+def render(rows: dict[str, dict], split: str) -> str:
+    first = next(iter(rows.values()))
+    return f"{first['dataset']} / {split} ({first['images']} images, {first['pixels']} pixels)\n\n{table(rows)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return table_command(argv, __doc__.split("\n")[0], render, "results_table.py", "NAME=results.json")
 
 
 if __name__ == "__main__":
