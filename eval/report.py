@@ -99,6 +99,30 @@ def summarize(values: list[float]) -> dict:
     }
 
 
+SYNTHESIS_DIR = "synthesis_eval"
+SYNTHESIS_METRICS = ("resynthesis_mcd_db", "resynthesis_lsd_db", "conversion_speaker_match", "conversion_abx_across")
+SYNTHESIS_HEADERS = {
+    "resynthesis_mcd_db": "resynthesis MCD (dB) ↓",
+    "resynthesis_lsd_db": "resynthesis LSD (dB) ↓",
+    "conversion_speaker_match": "conversion: target speaker (%) ↑",
+    "conversion_abx_across": "conversion: ABX across (%) ↓",
+}
+
+
+def read_synthesis_measures(seed_dir: Path) -> dict | None:
+    """The flat speech-out measures of a run (``<run>/synthesis_eval/``), None where not measured."""
+    folder = seed_dir / SYNTHESIS_DIR
+    if not folder.exists():
+        return None
+    require_complete(folder, "synthesis_measures", remedy=f"run `speechsq synthesis-measures` again for {seed_dir}")
+    path = folder / "synthesis.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReportInputError(f"{path} cannot be read ({err}); run `speechsq synthesis-measures` again") from None
+    return {k: data.get(k) for k in SYNTHESIS_METRICS}
+
+
 def collect(exp_dir: str | Path) -> dict:
     exp_dir = Path(exp_dir)
     if not exp_dir.is_dir():
@@ -114,6 +138,9 @@ def collect(exp_dir: str | Path) -> dict:
         row = rows.setdefault(quantizer, {"seeds": [], "runs": {}})
         row["seeds"].append(int(match.group(1)))
         row["runs"][seed_dir.name] = {k: data.get(k) for k in METRICS}
+        synthesis = read_synthesis_measures(seed_dir)
+        if synthesis is not None:
+            row.setdefault("synthesis", {})[seed_dir.name] = synthesis
     results: dict = {"exp_dir": str(exp_dir), "quantizers": {}, "baseline": None}
     for quantizer, row in sorted(rows.items()):
         entry = {"display_name": display_name(quantizer), "seeds": sorted(row["seeds"]), "metrics": {}}
@@ -122,6 +149,9 @@ def collect(exp_dir: str | Path) -> dict:
             # scripts reading results.json see the same schema whatever the corpus size
             values = [run[key] for run in row["runs"].values() if run.get(key) is not None]
             entry["metrics"][key] = summarize(values)
+        if row.get("synthesis"):  # speech out (speechsq synthesis-measures), where it was run
+            entry["synthesis"] = {key: summarize([run[key] for run in row["synthesis"].values() if run.get(key) is not None])
+                                  for key in SYNTHESIS_METRICS}
         results["quantizers"][quantizer] = entry
     baseline = exp_dir / "baseline" / "eval" / "metrics.json"
     if baseline.is_file():
@@ -174,7 +204,26 @@ def markdown_table(results: dict) -> str:
         "\nMean ± sample standard deviation over seeds. MSE as SQ-VAE Tables 3/9 (pooled over "
         "frames, reference frame trimming); ABX error rates as Table 10 (within context)."
     )
-    return "\n".join(lines) + "\n" + note + "\n"
+    text = "\n".join(lines) + "\n" + note + "\n"
+    spoken = {name: e for name, e in results["quantizers"].items() if e.get("synthesis")}
+    if spoken:
+        lines = [
+            "\n### Speech out (Griffin-Lim): resynthesis in the source voice, conversion into the target voices\n",
+            "| Model | seeds | " + " | ".join(SYNTHESIS_HEADERS[m] for m in SYNTHESIS_METRICS) + " |",
+            "|---|---|" + "---|" * len(SYNTHESIS_METRICS),
+        ]
+        for entry in spoken.values():
+            stats = entry["synthesis"]
+            cells = [_cell(stats.get(m), 2) for m in SYNTHESIS_METRICS]
+            lines.append(f"| {entry['display_name']} | {stats[SYNTHESIS_METRICS[0]]['n'] or stats[SYNTHESIS_METRICS[2]]['n']} | "
+                         + " | ".join(cells) + " |")
+        text += "\n".join(lines) + (
+            "\n\nMCD/LSD on the model's own log-Mel analysis of the resynthesised wav against the original "
+            "(not comparable with SPTK MCDs); target speaker: share of converted utterances a speaker "
+            "classifier trained on the training set assigns to the target voice; ABX of the converted "
+            "speech re-encoded by the model (`speechsq synthesis-measures`).\n"
+        )
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -325,6 +325,11 @@ def summarize(resynthesis: ResynthesisMeasures | None, conversion: Mapping[str, 
 # ----------------------------------------------------------------------------- command line
 
 
+MEASURES_FILE = "synthesis.json"
+#: the flat keys `speechsq report` shows as columns
+TABLE_KEYS = ("resynthesis_mcd_db", "resynthesis_lsd_db", "conversion_speaker_match", "conversion_abx_across")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="speechsq synthesis-measures",
@@ -338,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", help="ABX item file of the converted utterances (e.g. data/test/items)")
     p.add_argument("--abx-distance", default="cosine")
     p.add_argument("--cmvn", help="cmvn.npz of standardised (VCTK) features")
-    p.add_argument("--out", required=True, help="JSON file to write (e.g. exp/x/eval/synthesis.json)")
+    p.add_argument("--out", required=True,
+                   help="output directory (e.g. exp/x/synthesis_eval): synthesis.json, then complete.json last")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the speaker classifier's data split")
     p.add_argument("--no-progress", action="store_true")
@@ -349,10 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from speechsq.api import load
-    from speechsq.completion import atomic_write_json
+    from speechsq.completion import atomic_write_json, begin, mark_complete
     from speechsq.threads import configure_threads
 
     configure_threads()
+    out_dir = begin(args.out)
     entries = [e for d in args.synthesis for e in read_synthesis_dir(d)]
     codec = load(args.checkpoint, device=args.device, cmvn=args.cmvn)
     classifier = None
@@ -369,9 +376,11 @@ def main(argv: list[str] | None = None) -> int:
                        measure_conversion(entries, codec, classifier, args.items, args.abx_distance, progress), classifier)
     result["settings"] = {"checkpoint": str(args.checkpoint), "synthesis": args.synthesis, "items": args.items,
                           "speaker_feats": args.speaker_feats, "seed": args.seed}
-    atomic_write_json(args.out, result)
+    atomic_write_json(out_dir / MEASURES_FILE, result)
+    mark_complete(out_dir, "synthesis_measures", [MEASURES_FILE], producer="speechsq synthesis-measures",
+                  checkpoint=str(args.checkpoint), synthesis=[str(d) for d in args.synthesis])
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list)) or v is None}, indent=2))
-    log.info("wrote %s", args.out)
+    log.info("wrote %s", out_dir / MEASURES_FILE)
     return 0
 
 

@@ -102,3 +102,24 @@ def test_unknown_claim_set_is_a_user_error(exp):
 ])
 def test_row_display_names(row, shown):
     assert report.display_name(row) == shown
+
+
+def test_report_adds_the_speech_out_table_from_complete_measures(exp, capsys):
+    for seed, (mcd, match) in enumerate([(4.0, 100.0), (5.0, 50.0)], 1):
+        folder = exp / "sq_gauss1" / f"seed{seed}" / "synthesis_eval"
+        folder.mkdir()
+        (folder / "synthesis.json").write_text(json.dumps({"resynthesis_mcd_db": mcd, "resynthesis_lsd_db": 10.0,
+                                                           "conversion_speaker_match": match, "conversion_abx_across": None}))
+        mark_complete(folder, "synthesis_measures", ["synthesis.json"], producer="test")
+    assert report.main(["--exp-dir", str(exp)]) == 0
+    results = json.loads((exp / "results.json").read_text())
+    spoken = results["quantizers"]["sq_gauss1"]["synthesis"]
+    assert spoken["resynthesis_mcd_db"]["mean"] == 4.5 and spoken["conversion_speaker_match"]["mean"] == 75.0
+    assert spoken["conversion_abx_across"]["n"] == 0
+    assert "synthesis" not in results["quantizers"]["vq_ema_sigma2_0.1"]
+    md = (exp / "results.md").read_text()
+    assert "| Gaussian SQ-VAE (I) | 2 | 4.50 ± 0.71 | 10.00 ± 0.00 | 75.00 ± 35.36 | – |" in md
+    # a measures folder without its marker (a run still going, or one that died) is refused
+    (exp / "sq_gauss1" / "seed2" / "synthesis_eval" / "complete.json").unlink()
+    with pytest.raises(SpeechsqError, match="synthesis_eval is incomplete"):
+        report.collect(exp)

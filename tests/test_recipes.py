@@ -75,7 +75,7 @@ def test_zerospeech19_recipe_end_to_end_tiny(tmp_path, espeak):
     script = copy_recipe(tmp_path, "zerospeech19")
     recipe = script.parent
     args = ("--corpus-utterances", "60", "--train-steps", "60", "--quantizers", "vq_ema sq_gauss1",
-            "--vq-sigma2", "0.1 10", "--seeds", "1 2", "--train-nj", "2", "--tag", "tiny")
+            "--vq-sigma2", "0.1 10", "--seeds", "1 2", "--train-nj", "2", "--synth-limit", "3", "--tag", "tiny")
     first = run_recipe(script, *args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "[train] 6 run(s) to train, 2 at a time, 1 thread(s) each" in first.stdout
@@ -122,6 +122,17 @@ def test_zerospeech19_recipe_end_to_end_tiny(tmp_path, espeak):
             assert (metrics[key]["mean"], metrics[key]["std"]) == pytest.approx(_mean_std(values), abs=1e-12)
     table = (exp / "results.md").read_text()
     assert "| VQ-VAE w/ EMA (σ² = 10) | 2 |" in table and "log-Mel baseline" in table
+    # speech out: the first seed of each run, the first 3 test utterances in V001 and V002
+    assert (exp / "synthesis_runs.txt").read_text() == "".join(
+        line + "\n" for line in (exp / "runs.txt").read_text().splitlines() if line.split()[2] == "1")
+    for row in ("vq_ema_sigma2_0.1", "vq_ema_sigma2_10", "sq_gauss1"):
+        test_out = exp / row / "seed1/synthesis/test"
+        assert sorted(p.name for p in (test_out / "V001").glob("*.wav")) == sorted(
+            line.split()[0] + ".wav" for line in (recipe / "data/test/wav.scp").read_text().splitlines()[:3])
+        assert len(list((test_out / "zerospeech/test").glob("V00[12]_*.wav"))) == 6
+        assert results["quantizers"][row]["synthesis"]["conversion_speaker_match"]["n"] == 1
+        assert not (exp / row / "seed2/synthesis").exists()
+    assert "### Speech out (Griffin-Lim)" in table
     claims = results["claims"]
     assert claims["set"] == "sqvae_zerospeech19"
     assert [c["status"] for c in claims["results"]][2] == "not testable"  # no sq_gauss4 row
@@ -133,8 +144,8 @@ def test_zerospeech19_recipe_end_to_end_tiny(tmp_path, espeak):
     assert "stage 3: training" in again.stdout  # the stage header is logged, its jobs are skipped
     assert "[train] 0 run(s) to train" in again.stdout and "[extract]" not in again.stdout
     # ... and an explicit --stage redoes from there
-    redo = run_recipe(script, *args, "--stage", "6")
-    assert redo.returncode == 0 and "stage 6: report" in redo.stdout
+    redo = run_recipe(script, *args, "--stage", "7")
+    assert redo.returncode == 0 and "stage 7: report" in redo.stdout
 
     # a corpus without an ABX item file fails in stage 1, before any training, with the fix
     corpus = tmp_path / "no_items"
@@ -143,7 +154,7 @@ def test_zerospeech19_recipe_end_to_end_tiny(tmp_path, espeak):
     no_items = run_recipe(script, "--corpus", str(corpus), "--tag", "noitems", "--stage", "1")
     assert no_items.returncode == 2
     assert "no ABX item file for the test set" in no_items.stderr and "--items PATH" in no_items.stderr
-    assert "stage 3" not in no_items.stdout and not (recipe / "exp/noitems").exists()
+    assert "stage 3" not in no_items.stdout and not list((recipe / "exp/noitems").glob("*/seed*"))
     # ... and --items supplies it
     with_items = run_recipe(script, "--corpus", str(corpus), "--items", str(recipe / "corpus/embedded/alignments/test.item"),
                             "--tag", "noitems", "--stage", "1", "--stop-stage", "1")

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 from tiny_speech import speech_like, tiny_checkpoint
 
+from speechsq.completion import require_complete
 from speechsq.eval import speech_measures as sm
 from speechsq.features import build_pipeline
 
@@ -174,10 +175,11 @@ def test_the_command_writes_the_report_keys(tmp_path, synthesis):
             spk[f"{speaker}_{k}"] = speaker
     writer.commit()
     (tmp_path / "feats" / "utt2spk").write_text("".join(f"{u} {s}\n" for u, s in sorted(spk.items())))
-    out = tmp_path / "synthesis.json"
+    out = tmp_path / "synthesis_eval"
     assert sm.main(["--checkpoint", str(tiny_checkpoint()), "--synthesis", str(synthesis / "out"), "--speaker-feats",
                     str(tmp_path / "feats"), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
-    result = json.loads(out.read_text())
+    assert require_complete(out, "synthesis_measures").count == 1
+    result = json.loads((out / "synthesis.json").read_text())
     assert {"resynthesis_mcd_db", "resynthesis_lsd_db", "conversion_speaker_match", "conversion_abx_within",
             "conversion_abx_across", "resynthesis", "conversion", "speaker_classifier", "settings"} <= set(result)
     assert result["resynthesis_mcd_db"] == result["resynthesis"]["mcd_db"]

@@ -11,7 +11,7 @@
 #                                               part of the ZeroSpeech 2019 submission (--zerospeech 1)
 #   synthesis/<resynth set>/source/<utt>.wav    RESYNTH_DATA (e.g. data/parallel) in its own voices (one
 #                                               pass with the conversion when both sets are the same)
-#   eval/synthesis.json                         speechsq synthesis-measures: resynthesis_mcd_db,
+#   synthesis_eval/synthesis.json               speechsq synthesis-measures: resynthesis_mcd_db,
 #                                               resynthesis_lsd_db, conversion_speaker_match,
 #                                               conversion_abx_within, conversion_abx_across
 #   EXP_DIR/samples/<name>_seed<N>/             the first --samples utterances of every voice
@@ -61,7 +61,7 @@ while read -r name q seed _; do
   opts=(--speaker-feats "$train_feats" --speaker-data "$train_data")
   if [ -n "$items" ]; then opts+=(--items "$items"); fi
   $cmd "$dir/log/synthesis_measures.log" speechsq synthesis-measures --checkpoint "$ckpt" \
-    --synthesis "${outputs[@]}" "${opts[@]}" --out "$dir/eval/synthesis.json" --no-progress < /dev/null
+    --synthesis "${outputs[@]}" "${opts[@]}" --out "$dir/synthesis_eval" --no-progress < /dev/null
   if [ "$samples" -gt 0 ]; then
     out=$exp/samples/${name}_seed$seed
     rm -rf "$out" && mkdir -p "$out"

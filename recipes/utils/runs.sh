@@ -52,3 +52,13 @@ write_runs() {
 wait_for_slot() {
   while [ "$(jobs -rp | wc -l)" -ge "$1" ]; do wait -n || true; done
 }
+
+# synth_runs RUNS_FILE SEEDS: the lines of RUNS_FILE for SEEDS ("first": each run's first seed,
+# "all", or a list of seeds)
+synth_runs() {
+  case "$2" in
+    all) cat "$1" ;;
+    first) awk '!seen[$1]++' "$1" ;;
+    *) awk -v want=" $2 " 'index(want, " " $3 " ")' "$1" ;;
+  esac
+}

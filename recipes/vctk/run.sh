@@ -9,13 +9,14 @@
 # 24 kHz ParallelWaveGAN-style log-Mel, standardised with training-set statistics); 3 training
 # (one model per quantizer, VQ-family decoder variance of the --vq-sigma2 grid and seed,
 # --train-nj at a time); 4 unit extraction on the test split; 5 evaluation (MSE in dB^2 after
-# undoing the standardisation, bitrate, codebook statistics); 6 report with the paper's claims
-# (SQ-VAE Table 9, VCTK column) checked.
+# undoing the standardisation, bitrate, codebook statistics); 6 speech out: the test split in
+# two training voices and in its own voices (Griffin-Lim), with MCD/LSD and target-speaker
+# measures; 7 report with the paper's claims (SQ-VAE Table 9, VCTK column) checked.
 set -euo pipefail
 
 # ---- defaults (each can be set with --name value; see --help) ----------------------------
 stage=0                    # first stage to run
-stop_stage=6               # last stage to run
+stop_stage=7               # last stage to run
 corpus=""                  # VCTK 0.80 root (with wav48/ and txt/); empty = embedded corpus
 corpus_utterances=0        # embedded corpus size (0 = the generator's default)
 corpus_seed=0              # embedded corpus seed
@@ -29,6 +30,8 @@ train_nj=0                 # training jobs at a time (0 = one per core on CPU, 1
 threads=""                 # intra-op threads per training job (default: cores // train-nj)
 ngpu=0                     # GPUs for training (0 = CPU; >1 = torchrun data parallel)
 train_steps=""             # override the configuration's number of training steps
+synth_seeds=first          # speech out (stage 6) for these seeds ("first", "all" or a list; "" = no speech out)
+synth_limit=0              # speech out of the first N utterances of each set only (0 = all: the ZeroSpeech submission)
 overrides=""               # extra hydra overrides for training
 
 help_message="Usage: $0 [options]
@@ -115,8 +118,6 @@ if stage_on 3 || stage_on 4 || stage_on 5; then
   check_inputs
   log "runs: $(cut -d' ' -f1 "$runs" | sort -u | tr '\n' ' ')x seeds '$seeds' ($(wc -l < "$runs") models)"
 fi
-  log "runs: $(cut -d' ' -f1 "$runs" | sort -u | tr '\n' ' ')x seeds '$seeds' ($(wc -l < "$runs") models)"
-fi
 
 if stage_on 3; then
   log "stage 3: training ($train_nj job(s) at a time)"
@@ -152,8 +153,16 @@ if stage_on 5; then
   [ -z "${failed// /}" ] || { echo "$0: evaluation failed; see $(echo $failed)" >&2; exit 1; }
 fi
 
-if stage_on 6; then
-  log "stage 6: report"
+if stage_on 6 && [ -n "$synth_seeds" ]; then  # speech out: the test split in two training voices and in its own voices
+  voices=$(cut -d' ' -f1 data/train/spk2utt | head -n 2 | xargs)
+  log "stage 6: speech out: test split in $voices and in its own voices (Griffin-Lim), measures"
+  synth_runs $runs "$synth_seeds" > $exp/synthesis_runs.txt
+  ../steps/synthesize.sh --runs $exp/synthesis_runs.txt --voices "$voices" --zerospeech 0 \
+    --limit "$synth_limit" --redo "$redo" --cmd "$decode_cmd" $exp data/test data/test data/train feats/train
+fi
+
+if stage_on 7; then
+  log "stage 7: report"
   speechsq report --exp-dir $exp --claims sqvae_vctk
   speechsq plots --exp-dir $exp --feats feats/test --data-dir data/test   # reconstructions.png, training_curves.png
   log "results: $recipe_dir/$exp/results.md"

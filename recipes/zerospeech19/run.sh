@@ -15,7 +15,11 @@
 #   4 unit extraction        exp/<tag>/<run>/seed<N>/units/ (ZeroSpeech submission tree)
 #   5 evaluation             MSE (dB^2) on parallel, ABX across/within on test, bitrate, codebook,
 #                            and the log-Mel features themselves as an ABX baseline
-#   6 report                 exp/<tag>/results.{json,md} with the paper's claims checked
+#   6 speech out             exp/<tag>/<run>/seed<N>/synthesis/: the test set in V001 and V002 (the
+#                            ZeroSpeech 2019 synthesis part, zerospeech/test/<voice>_<id>.wav), the
+#                            parallel set in its own voices (Griffin-Lim); synthesis_eval/: MCD, LSD,
+#                            target-speaker share, ABX of the converted speech; exp/<tag>/samples/
+#   7 report                 exp/<tag>/results.{json,md} with the paper's claims checked
 #
 # Before training, the inputs of every later stage are checked (ABX items, the parallel set
 # for MSE, its speakers), so a missing file fails in minutes, not after training.
@@ -25,7 +29,7 @@ set -euo pipefail
 
 # ---- defaults (each can be set with --name value; see --help) ----------------------------
 stage=0                    # first stage to run
-stop_stage=6               # last stage to run
+stop_stage=7               # last stage to run
 corpus=""                  # ZeroSpeech 2019 english/ root; empty = embedded corpus
 items=""                   # ABX item file of the test set (default: <corpus>/alignments/test.item)
 corpus_utterances=0        # embedded corpus size (0 = the generator's default)
@@ -41,6 +45,8 @@ threads=""                 # intra-op threads per training job (default: cores /
 ngpu=0                     # GPUs for training (0 = CPU; >1 = torchrun data parallel)
 train_steps=""             # override the configuration's number of training steps
 abx_distance=cosine        # ABX frame distance for continuous features
+synth_seeds=first          # speech out (stage 6) for these seeds ("first", "all" or a list; "" = no speech out)
+synth_limit=0              # speech out of the first N utterances of each set only (0 = all: the ZeroSpeech submission)
 overrides=""               # extra hydra overrides for training, e.g. "quantizer.num_codes=256"
 
 help_message="Usage: $0 [options]
@@ -142,12 +148,16 @@ check_inputs() {
     unknown=$(cut -d' ' -f2 data/parallel/utt2spk | sort -u | grep -vxF -f <(cut -d' ' -f2 data/train/utt2spk | sort -u) || true)
     [ -z "$unknown" ] || die "speaker(s) of data/parallel not in the training set: $(echo $unknown); MSE needs their embeddings"
   fi
+  if [ "$stop_stage" -ge 6 ] && [ -n "$synth_seeds" ]; then  # speech out converts into the target voices
+    local voice
+    for voice in V001 V002; do
+      grep -q " $voice\$" data/train/utt2spk || die "target voice $voice is not a training speaker (speech out, stage 6); or --synth-seeds ''"
+    done
+  fi
 }
 
 if stage_on 3 || stage_on 4 || stage_on 5; then
   check_inputs
-  log "runs: $(cut -d' ' -f1 "$runs" | sort -u | tr '\n' ' ')x seeds '$seeds' ($(wc -l < "$runs") models)"
-fi
   log "runs: $(cut -d' ' -f1 "$runs" | sort -u | tr '\n' ' ')x seeds '$seeds' ($(wc -l < "$runs") models)"
 fi
 
@@ -197,9 +207,17 @@ if stage_on 5; then
   [ -z "${failed// /}" ] || { echo "$0: evaluation failed; see $(echo $failed)" >&2; exit 1; }
 fi
 
-# ---- stage 6: report ---------------------------------------------------------------------
-if stage_on 6; then
-  log "stage 6: report"
+# ---- stage 6: speech out -----------------------------------------------------------------
+if stage_on 6 && [ -n "$synth_seeds" ]; then
+  log "stage 6: speech out: test set in V001 and V002 (ZeroSpeech 2019 synthesis), parallel set in its own voices"
+  synth_runs $runs "$synth_seeds" > $exp/synthesis_runs.txt
+  ../steps/synthesize.sh --runs $exp/synthesis_runs.txt --voices "V001 V002" --items data/test/items \
+    --limit "$synth_limit" --redo "$redo" --cmd "$decode_cmd" $exp data/test data/parallel data/train feats/train
+fi
+
+# ---- stage 7: report ---------------------------------------------------------------------
+if stage_on 7; then
+  log "stage 7: report"
   speechsq report --exp-dir $exp --claims sqvae_zerospeech19
   speechsq plots --exp-dir $exp --feats feats/parallel --data-dir data/parallel   # reconstructions.png, training_curves.png
   log "results: $recipe_dir/$exp/results.md"
