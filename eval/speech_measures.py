@@ -295,7 +295,10 @@ def measure_conversion(
         if items is not None:
             from speechsq.eval.abx import compute_abx
 
-            abx = compute_abx(items, codes, frame_shift=codec.frame_shift, distance=abx_distance, context_modes=("within",))
+            # only the synthesised subset of the item file's utterances is scored: the others are
+            # missing on purpose (compute_abx refuses partial features unless told so; it counts them)
+            abx = compute_abx(items, codes, frame_shift=codec.frame_shift, distance=abx_distance, context_modes=("within",),
+                              allow_missing=True)
             result["abx_within"] = abx.scores.get("within-within")
             result["abx_across"] = abx.scores.get("across-within")
         out[voice] = result

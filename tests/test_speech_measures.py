@@ -131,7 +131,8 @@ def test_conversion_abx_scores_the_re_encoded_speech(synthesis, monkeypatch):
     codec = speechsq.load(tiny_checkpoint())
     calls = []
 
-    def fake_abx(items, features, frame_shift, distance, context_modes):
+    def fake_abx(items, features, frame_shift, distance, context_modes, allow_missing):
+        assert allow_missing  # only the synthesised utterances of the item file are scored
         calls.append((items, dict(features), frame_shift, distance, context_modes))
         return SimpleNamespace(scores={"within-within": 10.0 + len(calls), "across-within": 30.0})
 
