@@ -256,10 +256,10 @@ def run_info(label: str, run_dir: str | Path) -> RunInfo:
 
 
 def _display(quantizer: str) -> str:
-    from speechsq.eval.report import DISPLAY_NAMES
+    """The run's table name (``vq_ema_sigma2_0.1`` -> ``VQ-VAE w/ EMA (σ² = 0.1)``)."""
+    from speechsq.eval.report import display_name
 
-    base = DISPLAY_NAMES.get(quantizer)
-    return base if base else quantizer
+    return display_name(quantizer)
 
 
 def _load_cmvn(info: RunInfo):

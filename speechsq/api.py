@@ -3,8 +3,8 @@
 Load a trained model once, then go from a waveform to units and back to speech::
 
     import soundfile as sf, speechsq
-    codec = speechsq.load("exp/mini/sq_gauss1/seed1/checkpoints/last.pt")
-    wav, sr = sf.read("corpus/embedded/test/S101_7891546237.wav")   # any rate, any channel count
+    codec = speechsq.load("recipes/zerospeech19/exp/mini/sq_gauss1/seed1/checkpoints/last.pt")
+    wav, sr = sf.read("recipes/zerospeech19/corpus/embedded/test/S101_0154622531.wav")   # any rate, any channel count
     enc = codec.encode(wav, sr)                                       # units, durations, frame_units, ...
     sf.write("V001.wav", codec.vocode(codec.decode(enc.units, "V001", enc.durations)), codec.sample_rate)
 
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 README_EXAMPLE = """\
 import soundfile as sf, speechsq
-codec = speechsq.load("exp/mini/sq_gauss1/seed1/checkpoints/last.pt")
-wav, sr = sf.read("corpus/embedded/test/S101_7891546237.wav")   # any rate, any channel count
+codec = speechsq.load("recipes/zerospeech19/exp/mini/sq_gauss1/seed1/checkpoints/last.pt")
+wav, sr = sf.read("recipes/zerospeech19/corpus/embedded/test/S101_0154622531.wav")   # any rate, any channel count
 enc = codec.encode(wav, sr)                                       # units, durations, frame_units, ...
 sf.write("V001.wav", codec.vocode(codec.decode(enc.units, "V001", enc.durations)), codec.sample_rate)
 """

@@ -4,6 +4,7 @@ rate and channel count, the README example, and the model's TensorBoard summarie
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,11 +167,13 @@ def test_the_readme_example_runs(tmp_path, monkeypatch, wav):
 
     assert len(README_EXAMPLE.strip().splitlines()) == 5
     assert textwrap.indent(README_EXAMPLE, "    ") in speechsq.api.__doc__  # the docstring shows the same lines
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert README_EXAMPLE in readme  # ... and so does the README
     source = tmp_path / "input.wav"
     stereo = librosa.resample(wav, orig_sr=16000, target_sr=44100)
     sf.write(source, np.stack([stereo, 0.5 * stereo], axis=1), 44100)
-    code = README_EXAMPLE.replace("exp/mini/sq_gauss1/seed1/checkpoints/last.pt", str(tiny_checkpoint("vq_ema")))
-    code = code.replace("corpus/embedded/test/S101_7891546237.wav", str(source))
+    code = README_EXAMPLE.replace("recipes/zerospeech19/exp/mini/sq_gauss1/seed1/checkpoints/last.pt", str(tiny_checkpoint("vq_ema")))
+    code = code.replace("recipes/zerospeech19/corpus/embedded/test/S101_0154622531.wav", str(source))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README", "exec"), namespace)

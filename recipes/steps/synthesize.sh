@@ -25,11 +25,13 @@ samples=2                  # utterances per voice copied to EXP_DIR/samples/ (0 
 gl_iters=64                # Griffin-Lim iterations
 zerospeech=1               # 1 = also write the ZeroSpeech 2019 synthesis names (synthesis/<set>/zerospeech/test/)
 limit=0                    # only the first N utterances of each set (0 = all; the ZeroSpeech submission needs all)
+nj=1                       # runs synthesised at a time (each with cores // nj threads)
 redo=0                     # 1 = synthesise again
 cmd=""                     # job runner (default: utils/run_local.sh)
 
 . "$(dirname "${BASH_SOURCE[0]}")/../utils/parse_options.sh"
 steps_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$steps_dir/../utils/runs.sh"
 [ $# -eq 5 ] || { echo "usage: $0 [options] EXP_DIR CONVERT_DATA RESYNTH_DATA TRAIN_DATA TRAIN_FEATS" >&2; exit 2; }
 [ -s "$runs" ] || { echo "$0: --runs file '$runs' is missing or empty" >&2; exit 2; }
 exp=$1 convert=$2 resynth=$3 train_data=$4 train_feats=$5
@@ -38,12 +40,12 @@ convert_set=$(basename "$convert") resynth_set=$(basename "$resynth")
 subset=(); if [ "$limit" -gt 0 ]; then subset=(--limit "$limit"); fi
 submission=(); if [ "$zerospeech" = 1 ]; then submission=(--zerospeech); fi
 
-while read -r name q seed _; do
-  [ -n "$name" ] || continue
-  dir=$exp/$name/seed$seed
-  [ "$redo" = 1 ] || [ ! -f "$dir/.synthesis.done" ] || continue
-  echo "$(date '+%F %T') [synthesize] $name seed $seed: $convert_set in $voices, $resynth_set in its own voices"
-  rm -f "$dir/.synthesis.done"
+cores=$(nproc)
+export OMP_NUM_THREADS=$(( cores / nj > 0 ? cores / nj : 1 ))  # chosen threads: no collapse next to other jobs
+
+synthesize_one() {  # name seed
+  local name=$1 seed=$2
+  local dir=$exp/$name/seed$seed
   ckpt=$dir/checkpoints/last.pt
   outputs=("$dir/synthesis/$convert_set")
   own_voice=()  # one set for both (VCTK: the test speakers are training speakers): one pass
@@ -82,4 +84,30 @@ while read -r name q seed _; do
     done
   fi
   touch "$dir/.synthesis.done"
+}
+
+todo=()
+while read -r name q seed _; do
+  [ -n "$name" ] || continue
+  [ "$redo" = 1 ] || [ ! -f "$exp/$name/seed$seed/.synthesis.done" ] || continue
+  rm -f "$exp/$name/seed$seed/.synthesis.done"
+  todo+=("$name $seed")
 done < "$runs"
+for job in "${todo[@]}"; do
+  # shellcheck disable=SC2086
+  set -- $job
+  wait_for_slot "$nj"
+  echo "$(date '+%F %T') [synthesize] $1 seed $2: $convert_set in $voices, $resynth_set in its own voices"
+  synthesize_one "$1" "$2" &
+done
+wait || true
+failed=()
+for job in "${todo[@]}"; do
+  # shellcheck disable=SC2086
+  set -- $job
+  [ -f "$exp/$1/seed$2/.synthesis.done" ] || failed+=("$exp/$1/seed$2/log/")
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "$0: speech out failed for ${#failed[@]} run(s); see the synthesize/synthesis_measures logs in ${failed[*]}" >&2
+  exit 1
+fi

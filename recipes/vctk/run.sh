@@ -157,7 +157,7 @@ if stage_on 6 && [ -n "$synth_seeds" ]; then  # speech out: the test split in tw
   voices=$(cut -d' ' -f1 data/train/spk2utt | head -n 2 | xargs)
   log "stage 6: speech out: test split in $voices and in its own voices (Griffin-Lim), measures"
   synth_runs $runs "$synth_seeds" > $exp/synthesis_runs.txt
-  ../steps/synthesize.sh --runs $exp/synthesis_runs.txt --voices "$voices" --zerospeech 0 \
+  ../steps/synthesize.sh --runs $exp/synthesis_runs.txt --voices "$voices" --zerospeech 0 --nj "$nj" \
     --limit "$synth_limit" --redo "$redo" --cmd "$decode_cmd" $exp data/test data/test data/train feats/train
 fi
 

@@ -212,7 +212,7 @@ fi
 if stage_on 6 && [ -n "$synth_seeds" ]; then
   log "stage 6: speech out: test set in V001 and V002 (ZeroSpeech 2019 synthesis), parallel set in its own voices"
   synth_runs $runs "$synth_seeds" > $exp/synthesis_runs.txt
-  ../steps/synthesize.sh --runs $exp/synthesis_runs.txt --voices "V001 V002" --items data/test/items \
+  ../steps/synthesize.sh --runs $exp/synthesis_runs.txt --voices "V001 V002" --items data/test/items --nj "$nj" \
     --limit "$synth_limit" --redo "$redo" --cmd "$decode_cmd" $exp data/test data/parallel data/train feats/train
 fi
 
