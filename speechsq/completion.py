@@ -26,11 +26,11 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from speechsq.errors import DiskFullError, IncompleteOutputError, MismatchError, is_disk_full
 
@@ -46,8 +46,8 @@ def keys_digest(keys: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``path`` with ``write(file)`` through a temporary file and ``os.replace``.
 
     On failure (a full disk included) ``path`` keeps its old content and no temporary file
     is left behind; a full disk raises :class:`~speechsq.errors.DiskFullError` naming ``path``.
@@ -58,7 +58,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
@@ -69,6 +69,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             raise DiskFullError(path) from err
         raise
     return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -48,7 +48,8 @@ def test_checkpoints_hold_only_tensors_and_plain_data(trained, tmp_path):
     # the image batch source too
     cfg = compose_config(["experiment=images_digits", "quantizer=vq", "quantizer.num_codes=8", "quantizer.code_dim=8",
                           "model.width=8", "data.limit=64", "data.batch_size=16", "training.steps=2",
-                          "training.checkpoint_every=2", "training.progress=false", f"exp_dir={tmp_path}"])
+                          "training.checkpoint_every=2", "training.progress=false", "training.scheduler=plateau",
+                          f"exp_dir={tmp_path}"])
     build_run(cfg).fit()
     image_state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert image_state["processes"][0]["batch_source"] == {"epoch": 0, "cursor": 2, "seed": 1234, "size": 64}

@@ -216,7 +216,7 @@ def full_disk_for(monkeypatch):
                 fd = os.open("/dev/full", os.O_WRONLY)
             return fd, name
 
-        monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)  # the module atomic_write uses
 
     return arm
 

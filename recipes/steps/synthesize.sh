@@ -46,6 +46,7 @@ export OMP_NUM_THREADS=$(( cores / nj > 0 ? cores / nj : 1 ))  # chosen threads:
 synthesize_one() {  # name seed
   local name=$1 seed=$2
   local dir=$exp/$name/seed$seed
+  echo "$(date '+%F %T') [synthesize] $name seed $seed: $convert_set in $voices, $resynth_set in its own voices"
   ckpt=$dir/checkpoints/last.pt
   outputs=("$dir/synthesis/$convert_set")
   own_voice=()  # one set for both (VCTK: the test speakers are training speakers): one pass
@@ -86,28 +87,4 @@ synthesize_one() {  # name seed
   touch "$dir/.synthesis.done"
 }
 
-todo=()
-while read -r name q seed _; do
-  [ -n "$name" ] || continue
-  [ "$redo" = 1 ] || [ ! -f "$exp/$name/seed$seed/.synthesis.done" ] || continue
-  rm -f "$exp/$name/seed$seed/.synthesis.done"
-  todo+=("$name $seed")
-done < "$runs"
-for job in "${todo[@]}"; do
-  # shellcheck disable=SC2086
-  set -- $job
-  wait_for_slot "$nj"
-  echo "$(date '+%F %T') [synthesize] $1 seed $2: $convert_set in $voices, $resynth_set in its own voices"
-  synthesize_one "$1" "$2" &
-done
-wait || true
-failed=()
-for job in "${todo[@]}"; do
-  # shellcheck disable=SC2086
-  set -- $job
-  [ -f "$exp/$1/seed$2/.synthesis.done" ] || failed+=("$exp/$1/seed$2/log/")
-done
-if [ ${#failed[@]} -gt 0 ]; then
-  echo "$0: speech out failed for ${#failed[@]} run(s); see the synthesize/synthesis_measures logs in ${failed[*]}" >&2
-  exit 1
-fi
+for_each_run "$runs" "$nj" .synthesis.done synthesize_one

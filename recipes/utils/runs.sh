@@ -62,3 +62,28 @@ synth_runs() {
     *) awk -v want=" $2 " 'index(want, " " $3 " ")' "$1" ;;
   esac
 }
+
+# for_each_run RUNS_FILE NJ MARKER FUNCTION: run `FUNCTION <run> <seed>` in the background, NJ at
+# a time, for every line of RUNS_FILE whose $exp/<run>/seed<N>/MARKER is missing (every line
+# when $redo = 1); FUNCTION touches MARKER when it succeeds. Fails listing the runs that have
+# no MARKER afterwards.
+for_each_run() {
+  local file=$1 nj=$2 marker=$3 fn=$4 name q seed rest
+  local failed=()
+  while read -r name q seed rest; do
+    [ -n "$name" ] || continue
+    if [ "${redo:-0}" = 1 ] || [ ! -f "$exp/$name/seed$seed/$marker" ]; then
+      rm -f "$exp/$name/seed$seed/$marker"
+      wait_for_slot "$nj"
+      "$fn" "$name" "$seed" < /dev/null &
+    fi
+  done < "$file"
+  wait || true
+  while read -r name q seed rest; do
+    [ -z "$name" ] || [ -f "$exp/$name/seed$seed/$marker" ] || failed+=("$exp/$name/seed$seed/log/")
+  done < "$file"
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "$0: $fn failed for ${#failed[@]} run(s); see the logs in ${failed[*]}" >&2
+    return 1
+  fi
+}

@@ -140,17 +140,7 @@ evaluate_one() {  # run seed
 }
 if stage_on 5; then
   log "stage 5: evaluation, MSE in dB^2 on the test split ($nj job(s) at a time)"
-  while read -r name q seed _; do
-    [ -n "$name" ] || continue
-    if need $exp/$name/seed$seed/.eval.done; then
-      rm -f $exp/$name/seed$seed/.eval.done
-      wait_for_slot "$nj"
-      evaluate_one "$name" "$seed" &
-    fi
-  done < "$runs"
-  wait || true
-  failed=$(while read -r name q seed _; do [ -f $exp/$name/seed$seed/.eval.done ] || echo "$exp/$name/seed$seed/log/evaluate.log"; done < "$runs")
-  [ -z "${failed// /}" ] || { echo "$0: evaluation failed; see $(echo $failed)" >&2; exit 1; }
+  for_each_run "$runs" "$nj" .eval.done evaluate_one
 fi
 
 if stage_on 6 && [ -n "$synth_seeds" ]; then  # speech out: the test split in two training voices and in its own voices

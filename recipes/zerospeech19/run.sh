@@ -194,18 +194,9 @@ if stage_on 5; then
       --baseline-feats feats/test --items data/test/items --abx-distance "$abx_distance" < /dev/null > /dev/null \
       && touch $exp/baseline/.done) &
   fi
-  while read -r name q seed _; do
-    [ -n "$name" ] || continue
-    if need $exp/$name/seed$seed/.eval.done; then
-      rm -f $exp/$name/seed$seed/.eval.done
-      wait_for_slot "$nj"
-      evaluate_one "$name" "$seed" &
-    fi
-  done < "$runs"
-  wait || true
-  failed=$(while read -r name q seed _; do [ -f $exp/$name/seed$seed/.eval.done ] || echo "$exp/$name/seed$seed/log/evaluate.log"; done < "$runs")
-  [ -f $exp/baseline/.done ] || failed="$failed $exp/baseline/log/evaluate.log"
-  [ -z "${failed// /}" ] || { echo "$0: evaluation failed; see $(echo $failed)" >&2; exit 1; }
+  for_each_run "$runs" "$nj" .eval.done evaluate_one
+  wait || true  # the baseline
+  [ -f $exp/baseline/.done ] || { echo "$0: evaluation of the log-Mel baseline failed; see $exp/baseline/log/evaluate.log" >&2; exit 1; }
 fi
 
 # ---- stage 6: speech out -----------------------------------------------------------------

@@ -19,19 +19,17 @@ intact, and a full disk raises :class:`~speechsq.errors.DiskFullError` naming th
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from speechsq.completion import current_umask
-from speechsq.errors import DiskFullError, SpeechsqError, is_disk_full
+from speechsq.completion import atomic_write
+from speechsq.errors import SpeechsqError
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +46,9 @@ class UnsafeCheckpointError(SpeechsqError, ValueError):
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj, path)`` that either fully succeeds or leaves ``path`` untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if is_disk_full(err):
-            raise DiskFullError(path) from err
-        raise
-    return path
+    """``torch.save(obj, path)`` that either fully succeeds or leaves ``path`` untouched
+    (:func:`speechsq.completion.atomic_write`: umask permissions, DiskFullError on ENOSPC)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", allow_pickle: bool = False) -> dict:
