@@ -202,6 +202,9 @@ def read_scalars(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]
     if tb.is_dir() and any(tb.glob("events.out.tfevents*")):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+        # tensorboard logs "No path found after <file>" at INFO for every finished event
+        # file it reads to the end: routine, not news.
+        logging.getLogger("tensorboard").setLevel(logging.WARNING)
         acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
