@@ -100,12 +100,14 @@ def summarize(values: list[float]) -> dict:
 
 
 SYNTHESIS_DIR = "synthesis_eval"
-SYNTHESIS_METRICS = ("resynthesis_mcd_db", "resynthesis_lsd_db", "conversion_speaker_match", "conversion_abx_across")
+SYNTHESIS_METRICS = ("resynthesis_mcd_db", "resynthesis_lsd_db", "conversion_speaker_match", "conversion_abx_across",
+                     "conversion_abx_across_original")
 SYNTHESIS_HEADERS = {
     "resynthesis_mcd_db": "resynthesis MCD (dB) ↓",
     "resynthesis_lsd_db": "resynthesis LSD (dB) ↓",
     "conversion_speaker_match": "conversion: target speaker (%) ↑",
     "conversion_abx_across": "conversion: ABX across (%) ↓",
+    "conversion_abx_across_original": "same utterances, original speech: ABX across (%)",
 }
 
 
@@ -221,7 +223,9 @@ def markdown_table(results: dict) -> str:
             "\n\nMCD/LSD on the model's own log-Mel analysis of the resynthesised wav against the original "
             "(not comparable with SPTK MCDs); target speaker: share of converted utterances a speaker "
             "classifier trained on the training set assigns to the target voice; ABX of the converted "
-            "speech re-encoded by the model (`speechsq synthesis-measures`).\n"
+            "speech re-encoded by the model, next to the ABX of the original speech of the same utterances "
+            "re-encoded by the same model (the synthesised subset: compare these two columns, not the "
+            "table above) (`speechsq synthesis-measures`).\n"
         )
     return text
 

@@ -274,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zerospeech", action="store_true",
                    help="also write zerospeech/test/<voice>_<file id>.wav (ZeroSpeech 2019 submission synthesis part)")
     p.add_argument("--utts", nargs="+", help="only these utterances")
-    p.add_argument("--limit", type=int, help="only the first N utterances (sorted ids), e.g. for listening samples")
+    p.add_argument("--limit", type=int,
+                   help="only N utterances, taken from each speaker in turn (sorted ids within a speaker) so that "
+                        "a subset still spans the speakers (across-speaker ABX of the conversion needs that)")
     p.add_argument("--vocoder", default="griffin_lim", help="griffin_lim (default, offline) or parallel_wavegan")
     p.add_argument("--griffin-lim-iters", type=int, default=64, help="Griffin-Lim iterations")
     p.add_argument("--vocoder-checkpoint", help="parallel_wavegan: checkpoint-*steps.pkl you trained")
@@ -308,8 +310,25 @@ def select(sources: list[Source], utts: list[str] | None, limit: int | None) -> 
     if limit is not None:
         if limit < 1:
             raise ResynthesisError(f"--limit must be >= 1, got {limit}")
-        sources = sources[:limit]
+        sources = take_per_speaker_in_turn(sources, limit)
     return sources
+
+
+def take_per_speaker_in_turn(sources: list[Source], limit: int) -> list[Source]:
+    """``limit`` sources: the first of every speaker, then the second of every speaker, ...
+    (speakers in order of first appearance), returned in input order. Unknown speakers count
+    as one speaker. The first N of sorted ids would often be one speaker's alone."""
+    by_speaker: dict[str | None, list[int]] = {}
+    for index, source in enumerate(sources):
+        by_speaker.setdefault(source.speaker, []).append(index)
+    chosen: list[int] = []
+    rank = 0
+    while len(chosen) < min(limit, len(sources)):
+        for indices in by_speaker.values():
+            if rank < len(indices) and len(chosen) < limit:
+                chosen.append(indices[rank])
+        rank += 1
+    return [sources[i] for i in sorted(chosen)]
 
 
 def main(argv: list[str] | None = None) -> int:

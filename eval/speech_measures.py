@@ -36,11 +36,16 @@ Voice conversion (every other folder, one per target voice):
 ``abx_within`` / ``abx_across``
                    ABX error (percent, within-context) of the converted speech re-encoded by
                    the model (quantised codes ``z_q``) on ``--items``: does the content
-                   survive conversion? Compare with the ``abx_*`` of ``metrics.json``.
+                   survive conversion?
+``abx_within_original`` / ``abx_across_original``
+                   the same ABX of the original speech of the same utterances, re-encoded by
+                   the same model: the number to compare with (a subset of the test set has
+                   fewer cells than ``metrics.json``'s ABX).
 
 The JSON has flat keys for the report (``resynthesis_mcd_db``, ``resynthesis_lsd_db``,
 ``conversion_speaker_match``, ``conversion_abx_within``, ``conversion_abx_across``: means over
-the target voices; ``None`` where not measured) and the detail sections ``resynthesis``,
+the target voices; ``conversion_abx_within_original``, ``conversion_abx_across_original``;
+``None`` where not measured) and the detail sections ``resynthesis``,
 ``conversion`` (per voice) and ``speaker_classifier``.
 """
 
@@ -275,6 +280,7 @@ def measure_conversion(
 
     voices = sorted({e.voice for e in entries if e.voice != SOURCE_VOICE})
     out: dict[str, dict] = {}
+    original_scores: dict[frozenset, dict] = {}  # per utterance set: the ABX of the original speech
     for voice in voices:
         chosen = [e for e in entries if e.voice == voice]
         result: dict = {"n_utterances": len(chosen)}
@@ -297,10 +303,24 @@ def measure_conversion(
 
             # only the synthesised subset of the item file's utterances is scored: the others are
             # missing on purpose (compute_abx refuses partial features unless told so; it counts them)
-            abx = compute_abx(items, codes, frame_shift=codec.frame_shift, distance=abx_distance, context_modes=("within",),
-                              allow_missing=True)
-            result["abx_within"] = abx.scores.get("within-within")
-            result["abx_across"] = abx.scores.get("across-within")
+            def score(features: dict[str, np.ndarray]) -> dict[str, float | None]:
+                abx = compute_abx(items, features, frame_shift=codec.frame_shift, distance=abx_distance,
+                                  context_modes=("within",), allow_missing=True)
+                return {"within": abx.scores.get("within-within"), "across": abx.scores.get("across-within")}
+
+            converted = score(codes)
+            key = frozenset(codes)
+            if key not in original_scores:  # every voice converts the same utterances: scored once
+                originals = [e for e in chosen if e.source_audio is not None]
+                if len(originals) != len(chosen):
+                    raise MeasureError(f"conversion to {voice}: {len(chosen) - len(originals)} utterance(s) have no "
+                                       "source audio to compare with (converted from units?); run without --items")
+                original_scores[key] = score({
+                    e.utt: codec.encode(_read_wav(e.source_audio, codec.sample_rate), codec.sample_rate).quantized.numpy()
+                    for e in originals})
+            result["abx_within"], result["abx_across"] = converted["within"], converted["across"]
+            result["abx_within_original"] = original_scores[key]["within"]
+            result["abx_across_original"] = original_scores[key]["across"]
         out[voice] = result
     return out
 
@@ -319,6 +339,8 @@ def summarize(resynthesis: ResynthesisMeasures | None, conversion: Mapping[str, 
         "conversion_speaker_match": _mean(v.get("speaker_match") for v in conversion.values()),
         "conversion_abx_within": _mean(v.get("abx_within") for v in conversion.values()),
         "conversion_abx_across": _mean(v.get("abx_across") for v in conversion.values()),
+        "conversion_abx_within_original": _mean(v.get("abx_within_original") for v in conversion.values()),
+        "conversion_abx_across_original": _mean(v.get("abx_across_original") for v in conversion.values()),
         "resynthesis": asdict(resynthesis) if resynthesis else None,
         "conversion": dict(conversion),
         "speaker_classifier": classifier.to_dict() if classifier else None,
@@ -330,7 +352,8 @@ def summarize(resynthesis: ResynthesisMeasures | None, conversion: Mapping[str, 
 
 MEASURES_FILE = "synthesis.json"
 #: the flat keys `speechsq report` shows as columns
-TABLE_KEYS = ("resynthesis_mcd_db", "resynthesis_lsd_db", "conversion_speaker_match", "conversion_abx_across")
+TABLE_KEYS = ("resynthesis_mcd_db", "resynthesis_lsd_db", "conversion_speaker_match", "conversion_abx_across",
+              "conversion_abx_across_original")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -77,6 +77,21 @@ def test_conversion_from_a_data_dir_writes_voices_and_the_zerospeech_tree(tmp_pa
     assert info["voices"] == ["V001", "V002", "source"] and info["input_kind"] == "data_dir"
 
 
+def test_limit_takes_each_speaker_in_turn():
+    sources = [rs.Source(u, u[:4]) for u in
+               ["S101_1", "S101_2", "S101_3", "S101_4", "S102_1", "S102_2", "S103_1", "S104_1", "S104_2"]]
+    # round 1: S101_1 S102_1 S103_1 S104_1, round 2: S101_2 ...; returned in input order
+    assert [s.utt for s in rs.select(sources, None, 5)] == ["S101_1", "S101_2", "S102_1", "S103_1", "S104_1"]
+    assert [s.utt for s in rs.select(sources, None, 7)] == ["S101_1", "S101_2", "S102_1", "S102_2", "S103_1",
+                                                            "S104_1", "S104_2"]
+    assert [s.utt for s in rs.select(sources, None, 2)] == ["S101_1", "S102_1"]
+    assert rs.select(sources, None, 50) == sources
+    unknown = [rs.Source(f"u{k}") for k in range(4)]  # no speakers: one group, the first N
+    assert [s.utt for s in rs.select(unknown, None, 3)] == ["u0", "u1", "u2"]
+    with pytest.raises(SpeechsqError, match="--limit must be >= 1"):
+        rs.select(sources, None, 0)
+
+
 def test_a_new_run_replaces_the_old_output_and_refuses_other_folders(tmp_path, corpus):
     out = tmp_path / "out"
     args = ["--checkpoint", str(tiny_checkpoint()), "--data-dir", str(corpus["data"]), "--out", str(out),

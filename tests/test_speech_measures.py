@@ -139,14 +139,24 @@ def test_conversion_abx_scores_the_re_encoded_speech(synthesis, monkeypatch):
     monkeypatch.setattr(abx, "compute_abx", fake_abx)
     entries = sm.read_synthesis_dir(synthesis / "out")
     result = sm.measure_conversion(entries, codec, items="items.txt", abx_distance="euclidean")
-    assert result["V001"]["abx_within"] == 11.0 and result["V002"]["abx_within"] == 12.0
+    # calls: V001 converted (11), the originals of the same utterances, once (12), V002 converted (13)
+    assert len(calls) == 3
+    assert result["V001"]["abx_within"] == 11.0 and result["V002"]["abx_within"] == 13.0
+    assert result["V001"]["abx_within_original"] == result["V002"]["abx_within_original"] == 12.0
     assert result["V002"]["abx_across"] == 30.0 and "speaker_match" not in result["V001"]
-    items, features, frame_shift, distance, modes = calls[1]
+    items, features, frame_shift, distance, modes = calls[2]
     assert (items, frame_shift, distance, modes) == ("items.txt", 0.02, "euclidean", ("within",))
     wav = sf.read(synthesis / "out" / "V002" / "V001_0000000001.wav")[0]
     expected = codec.encode(wav, 16000).quantized.numpy()
     assert sorted(features) == ["V001_0000000001", "V001_0000000002"]
     np.testing.assert_array_equal(features["V001_0000000001"], expected)
+    original = calls[1][1]  # the source wavs, re-encoded by the same model
+    source = sf.read(synthesis / "wavs" / "V001_0000000002.wav")[0]
+    np.testing.assert_array_equal(original["V001_0000000002"], codec.encode(source, 16000).quantized.numpy())
+    assert sorted(original) == ["V001_0000000001", "V001_0000000002"]
+    summary = sm.summarize(None, result, None)
+    assert (summary["conversion_abx_within"], summary["conversion_abx_within_original"]) == (12.0, 12.0)
+    assert summary["conversion_abx_across_original"] == 30.0
 
 
 def test_resynthesis_against_the_source(synthesis):

@@ -24,7 +24,7 @@ items=""                   # ABX item file of CONVERT_DATA (content of the conve
 samples=2                  # utterances per voice copied to EXP_DIR/samples/ (0 = none)
 gl_iters=64                # Griffin-Lim iterations
 zerospeech=1               # 1 = also write the ZeroSpeech 2019 synthesis names (synthesis/<set>/zerospeech/test/)
-limit=0                    # only the first N utterances of each set (0 = all; the ZeroSpeech submission needs all)
+limit=0                    # only N utterances of each set, from each speaker in turn (0 = all; the ZeroSpeech submission needs all)
 nj=1                       # runs synthesised at a time (each with cores // nj threads)
 redo=0                     # 1 = synthesise again
 cmd=""                     # job runner (default: utils/run_local.sh)

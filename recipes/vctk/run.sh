@@ -31,7 +31,7 @@ threads=""                 # intra-op threads per training job (default: cores /
 ngpu=0                     # GPUs for training (0 = CPU; >1 = torchrun data parallel)
 train_steps=""             # override the configuration's number of training steps
 synth_seeds=first          # speech out (stage 6) for these seeds ("first", "all" or a list; "" = no speech out)
-synth_limit=0              # speech out of the first N utterances of each set only (0 = all: the ZeroSpeech submission)
+synth_limit=0              # speech out of N utterances of each set only, from each speaker in turn (0 = all)
 overrides=""               # extra hydra overrides for training
 
 help_message="Usage: $0 [options]

@@ -46,7 +46,7 @@ ngpu=0                     # GPUs for training (0 = CPU; >1 = torchrun data para
 train_steps=""             # override the configuration's number of training steps
 abx_distance=cosine        # ABX frame distance for continuous features
 synth_seeds=first          # speech out (stage 6) for these seeds ("first", "all" or a list; "" = no speech out)
-synth_limit=""             # speech out of the first N utterances of each set (0 = all, the ZeroSpeech submission; default: 10 on the embedded corpus, else all)
+synth_limit=""             # speech out of N utterances of each set, from each speaker in turn (0 = all, the ZeroSpeech submission; default: 20 on the embedded corpus, else all)
 overrides=""               # extra hydra overrides for training, e.g. "quantizer.num_codes=256"
 
 help_message="Usage: $0 [options]
@@ -59,7 +59,7 @@ cd "$recipe_dir"
 . ./cmd.sh
 
 tag=${tag:-$config}
-if [ -z "$synth_limit" ]; then synth_limit=$([ -z "$corpus" ] && echo 10 || echo 0); fi
+if [ -z "$synth_limit" ]; then synth_limit=$([ -z "$corpus" ] && echo 20 || echo 0); fi
 exp=exp/$tag
 # `--stage N` given explicitly redoes those stages; otherwise finished work is skipped.
 redo=${_po_set_stage:-0}
