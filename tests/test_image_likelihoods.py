@@ -75,6 +75,8 @@ def test_categorical_nll_is_cross_entropy_with_mask():
     mask[:, :, :3] = True
     masked = lik.nll(logits, target, mask)
     torch.testing.assert_close(masked.loss, F.cross_entropy(logits[:, :, :3], target[:, 0, :3], reduction="sum") / 4)
+    wrong_kept = (logits[:, :, :3].argmax(1) != target[:, 0, :3]).float().mean()  # over the valid pixels only
+    torch.testing.assert_close(masked.metrics["pixel_error"], wrong_kept)
     assert torch.equal(lik.mean(logits), logits.argmax(1, keepdim=True))
     one_hot = lik.encoder_input(target)
     assert torch.equal(one_hot.argmax(1, keepdim=True), target) and torch.equal(one_hot.sum(1), torch.ones(4, 6, 7))
@@ -138,6 +140,24 @@ def test_vmf_nll_and_softmax_match_direct_computation(num_categories, directions
     assert torch.equal(lik.mean(decoder_out)[:, 0], direct.argmax(1))
     encoded = lik.encoder_input(target)
     torch.testing.assert_close(encoded.double(), v.double())
+
+
+def test_vmf_nll_and_pixel_error_count_only_valid_dimensions():
+    lik = VMFLikelihood(19, "one_hot", init_kappa=2.5)
+    decoder_out = torch.randn(2, 19, 4, 5)
+    target = torch.randint(0, 19, (2, 1, 4, 5))
+    mask = torch.zeros(2, 1, 4, 5, dtype=torch.bool)
+    mask[0, :, :3] = True
+    mask[1, :, :1, :2] = True  # 3 x 5 + 2 = 17 valid pixels
+    out = lik.nll(decoder_out, target, mask)
+    f = F.normalize(decoder_out.double(), dim=1)
+    cos = (f * F.one_hot(target[:, 0], 19).permute(0, 3, 1, 2).double()).sum(1)[mask[:, 0]]
+    log_c = 8.5 * math.log(2.5) - math.log(special.iv(8.5, 2.5)) - 9.5 * math.log(2 * math.pi)  # eq. 18, F = 19
+    # per example (B = 2); the two terms nearly cancel here, so check each
+    assert float(out.terms["recon"].detach()) == pytest.approx(float(-2.5 * cos.sum() / 2), rel=1e-5)
+    assert float(out.terms["log_norm"].detach()) == pytest.approx(-17 * log_c / 2, rel=1e-4)  # log C cancels to 0.04: float32
+    wrong = (decoder_out.argmax(1) != target[:, 0])[mask[:, 0]].double().mean()
+    assert float(out.metrics["pixel_error"]) == pytest.approx(float(wrong), rel=1e-6)
 
 
 def test_vmf_kappa_gradient_vanishes_at_the_maximum_likelihood_concentration():

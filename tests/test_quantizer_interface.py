@@ -75,6 +75,33 @@ def test_decode_of_encode_equals_eval_forward_bit_for_bit(name, layout):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_encode_in_training_mode_is_the_eval_argmax_and_changes_no_state(name):
+    # encode() is deterministic even when called on a module left in training mode: no
+    # Gumbel/posterior sample, no EMA or k-means update, and the mode is restored afterwards
+    q = make(name).train()
+    z = seq_latent(q, b=4, t=25)
+    state = copy.deepcopy(q.state_dict())
+    indices = q.encode(z)
+    assert q.training
+    for key, value in q.state_dict().items():
+        assert torch.equal(value, state[key]), f"encode() changed {key!r}"
+    assert torch.equal(indices, q.eval()(z).indices)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_decode_rejects_indices_outside_the_codebook(name):
+    q = make(name).eval()
+    groups = (q.num_groups,) if q.num_groups > 1 else ()
+    for bad in (K, K + 3, -2):
+        indices = torch.zeros(1, 4, *groups, dtype=torch.long)
+        indices[0, 2] = bad
+        with pytest.raises(QuantizerInputError, match=rf"indices must lie in \[0, {K}\)"):
+            q.decode(indices)
+    last = torch.full((1, 4, *groups), K - 1, dtype=torch.long)  # the last code is valid
+    assert q.decode(last).shape[0] == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_masked_positions_decode_to_zero_and_index_minus_one(name):
     q = make(name).eval()
     z = seq_latent(q)
@@ -185,6 +212,25 @@ def test_perplexity_is_exp_entropy_of_code_histogram(name):
     assert out.metrics["active_codes"].item() == len(np.unique(codes))
     for value in out.metrics.values():
         assert value.ndim == 0 and torch.isfinite(value) and not value.requires_grad
+
+
+def test_base_soft_metrics_of_a_subclass_that_only_returns_probs():
+    # the base computes entropy and soft perplexity for a subclass that gives its posterior
+    from speechsq.quantizers.base import FlatQuantized, Quantizer
+
+    probs = torch.tensor([[0.5, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+
+    class Fixed(Quantizer):
+        def quantize_flat(self, rows, ctx):
+            return FlatQuantized(z_q=rows, indices=torch.tensor([0, 0, 3]), probs=probs)
+
+    out = Fixed(num_codes=4, code_dim=2)(torch.zeros(1, 3, 2))
+    # row entropies log 2, 0, log 4 -> mean log(2); average posterior [7, 3, 1, 1] / 12
+    assert out.metrics["entropy"].item() == pytest.approx(math.log(2.0), rel=1e-6)
+    avg = np.array([7.0, 3.0, 1.0, 1.0]) / 12
+    assert out.metrics["soft_perplexity"].item() == pytest.approx(math.exp(-(avg * np.log(avg)).sum()), rel=1e-6)
+    assert out.metrics["perplexity"].item() == pytest.approx(math.exp(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))), rel=1e-6)
+    assert out.metrics["active_codes"].item() == 2
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -90,6 +90,7 @@ def test_uncertainty_metric_is_k_over_total_evidence():
     alpha = reference_alpha(logits.reshape(-1, K))
     out = q(logits)
     assert torch.allclose(out.metrics["uncertainty"].double(), (K / alpha.sum(-1)).mean(), rtol=1e-5)
+    assert torch.allclose(out.metrics["evidence"].double(), alpha.sum(-1).mean(), rtol=1e-5)  # mean S
 
 
 def test_input_dim_is_k_and_bad_options_are_rejected():

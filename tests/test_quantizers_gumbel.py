@@ -120,6 +120,31 @@ def test_hard_option_forwards_codewords_but_keeps_relaxed_gradients():
     assert z.grad.abs().sum() > 0
 
 
+def test_hard_option_gradient_is_exactly_the_relaxed_samples_gradient():
+    # straight-through Gumbel-softmax: forward one_hot(y), backward d y (same noise, same tau)
+    hard, soft = build_quantizer("dvae", num_codes=K, code_dim=D, hard=True), build_quantizer("dvae", num_codes=K, code_dim=D)
+    soft.load_state_dict(hard.state_dict())
+    logits = torch.randn(1, 10, K)
+    upstream = torch.randn(1, 10, D)
+    grads = []
+    for q in (hard, soft):
+        z = logits.clone().requires_grad_(True)
+        torch.manual_seed(4)
+        out = q(z, ctx=StepContext(temperature=0.7))
+        (out.z_q * upstream).sum().backward()
+        grads.append(z.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0
+
+
+def test_entropy_metric_is_the_mean_posterior_entropy():
+    q = build_quantizer("dvae", num_codes=K, code_dim=D)
+    logits = torch.randn(2, 9, K)
+    out = q(logits)
+    expected = Categorical(logits=logits.reshape(-1, K)).entropy().mean()
+    torch.testing.assert_close(out.metrics["entropy"], expected)
+
+
 def test_dvae_asks_for_k_logits_and_rejects_other_widths():
     q = build_quantizer("dvae", num_codes=K, code_dim=D)
     assert q.input_dim == K

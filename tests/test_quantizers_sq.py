@@ -155,6 +155,46 @@ def test_eval_loss_is_regulariser_minus_entropy_in_closed_form(name):
     assert torch.allclose(out.terms["neg_entropy"].detach(), neg_h, rtol=1e-5)
     assert out.metrics["entropy"].item() == pytest.approx(-(p * p.log()).sum(-1).mean().item(), rel=1e-5)
     assert out.metrics["sigma2_phi"].item() == pytest.approx(var.expand(8, -1).mean().item(), rel=1e-5)
+    avg = p.mean(0)  # soft perplexity: exp H of the average posterior over the 8 positions
+    assert out.metrics["soft_perplexity"].item() == pytest.approx(torch.exp(-(avg * avg.log()).sum()).item(), rel=1e-5)
+
+
+def test_training_regulariser_is_eq8_of_the_relaxed_code_with_gradients_through_all_of_it():
+    # R = sum_i ||z_i - w_i B||^2 / (2 sigma^2) with the Gumbel-softmax w from the same uniforms;
+    # no stop-gradient anywhere: codebook, sigma^2 and encoder all get R's full gradient
+    q = build_quantizer("sq_gauss1", num_codes=K, code_dim=D, log_sigma2_init=math.log(0.8)).train()
+    rows = rows_for(q, n=8, dtype=torch.float32)
+    z = rows.reshape(2, 4, D).clone().requires_grad_(True)
+    torch.manual_seed(2)
+    out = q(z, None, StepContext(temperature=0.6))
+    out.terms["regulariser"].backward()
+    book = q.codebook.detach().clone().requires_grad_(True)
+    log_s2 = q.log_sigma2.detach().clone().requires_grad_(True)
+    x = rows.clone().requires_grad_(True)
+    logits = -0.5 * torch.cdist(x, book).pow(2) / log_s2.exp()  # eq. (7)
+    torch.manual_seed(2)
+    w = torch.softmax((logits - torch.log(-torch.log(torch.rand(8, K)))) / 0.6, -1)
+    reg = 0.5 * (x - w @ book).pow(2).sum() / log_s2.exp() / 2  # per example: B = 2
+    reg.backward()
+    torch.testing.assert_close(out.terms["regulariser"].detach(), reg.detach())
+    torch.testing.assert_close(q.codebook.grad, book.grad)
+    torch.testing.assert_close(q.log_sigma2.grad, log_s2.grad)
+    torch.testing.assert_close(z.grad.reshape(8, D), x.grad)
+
+
+def test_variance_floor_is_1e_minus_10():
+    # the precision is 1 / max(sigma^2, 1e-10), as in the reference code: exact above the floor, clamped below
+    rows = rows_for(build_quantizer("sq_gauss1", num_codes=K, code_dim=D), n=4, dtype=torch.float32)
+    for sigma2, used in ((1e-6, 1e-6), (1e-14, 1e-10)):
+        q = build_quantizer("sq_gauss1", num_codes=K, code_dim=D, log_sigma2_init=math.log(sigma2)).eval()
+        out = q(rows[None])
+        sq = (rows - q.codebook.detach()[out.indices[0]]).pow(2).sum()
+        assert out.terms["regulariser"].item() == pytest.approx(0.5 * sq.item() / used, rel=1e-4)
+
+
+def test_vmf_default_kappa_is_the_released_configurations():
+    # sony/sqvae: log_param_q_init = log 0.05, kappa_phi = 1 + exp(theta) = 1.05
+    assert build_quantizer("sq_vmf", num_codes=K, code_dim=D).kappa_phi.item() == pytest.approx(1.05, rel=1e-6)
 
 
 def test_vmf_eval_codes_are_unit_and_regulariser_is_kappa_one_minus_cosine():

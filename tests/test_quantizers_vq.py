@@ -55,6 +55,16 @@ def test_vq_codebook_gradient_comes_from_the_codebook_term_only_for_used_codes()
     assert torch.allclose(grad, expected, atol=1e-6)
 
 
+def test_vq_encoder_gradient_of_the_loss_is_the_commitment_only():
+    # sg[z] in the codebook term: the latent loss reaches the encoder through beta ||z - sg[z_q]||^2 alone
+    q = build_quantizer("vq", num_codes=8, code_dim=D, beta=0.3).train()
+    z = torch.randn(2, 5, D, requires_grad=True)
+    out = q(z)
+    out.loss.backward()
+    codes = q.codebook.detach()[out.indices]
+    torch.testing.assert_close(z.grad, 2 * 0.3 * (z.detach() - codes) / 2)  # per example: B = 2
+
+
 def test_kmeans_init_on_first_training_batch_finds_the_blobs():
     centres = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 3.0]])
     rows = blobs(centres, 50)
@@ -259,6 +269,62 @@ def test_no_reset_when_every_code_is_used_often_enough():
         out = q(rows[None])
     assert out.indices.unique().numel() == 4
     assert int(q.resets_done) == 0
+
+
+def _reset_quantizer(**options):
+    q = build_quantizer("vq_ema_reset", num_codes=3, code_dim=2, **options).train()
+    with torch.no_grad():
+        q.codebook.copy_(torch.tensor([[5.0, 0.0], [0.0, 5.0], [-5.0, 0.0]]))
+    return q
+
+
+def _rows_at(q, per_code):
+    """``per_code[k]`` rows exactly at code k (each code keeps its rows: the codes are far apart)."""
+    return torch.cat([q.codebook[k].expand(n, 2) for k, n in enumerate(per_code)])[None].clone()
+
+
+def test_reset_threshold_is_strictly_less_than_and_usage_is_a_plain_count_per_window():
+    q = _reset_quantizer(reset_every=2, reset_threshold=0.5)
+    # window 1: usage [4, 4, 2]: code 2 is used exactly half as often as the most-used code,
+    # which is not *less* than 50 %: no reset
+    q(_rows_at(q, [2, 2, 2]))
+    q(_rows_at(q, [2, 2, 0]))
+    assert torch.equal(q.usage, torch.zeros(3)) and int(q.resets_done) == 0
+    # window 2: usage [4, 4, 1]: 1 < 0.5 * 4, code 2 is re-drawn
+    q(_rows_at(q, [2, 2, 1]))
+    assert torch.equal(q.usage, torch.tensor([2.0, 2.0, 1.0]))  # counts of this window so far
+    q(_rows_at(q, [2, 2, 0]))
+    assert int(q.resets_done) == 1
+
+
+def test_reset_looks_at_the_last_window_only_and_keeps_the_ema_ratio_at_the_new_code():
+    q = _reset_quantizer()  # defaults: every 20 batches, 3 %, s^2 = 0.01
+    # batches 1-20: usage [200, 200, 20]; 20 >= 3 % of 200: no reset (it would be at 30 %)
+    for _ in range(20):
+        q(_rows_at(q, [10, 10, 1]))
+    assert int(q.resets_done) == 0
+    # batches 21-40: code 2 unused in this window, so it is re-drawn at batch 40, although it
+    # was used 20 times since the start (20 >= 3 % of 400)
+    for _ in range(19):
+        q(_rows_at(q, [10, 10, 0]))
+    torch.manual_seed(9)
+    q(_rows_at(q, [10, 10, 0]))
+    assert int(q.resets_done) == 1
+    torch.manual_seed(9)
+    redraw = q.codebook[0] + 0.1 * torch.randn(2)  # N(b_most, 0.01 I); ties go to the first code
+    torch.testing.assert_close(q.codebook[2], redraw)
+    # the EMA statistics of the re-drawn code point at it: m_2 = b_2 * N_2 ...
+    n_old = q.ema_count.clone()
+    assert n_old[2] > 0  # (used in the first window: its count has decayed, not vanished)
+    torch.testing.assert_close(q.ema_sum[2], redraw * n_old[2])
+    # ... so the next EMA step, one row exactly at the new code, starts from it:
+    # N' = g N + (1 - g) n, m'_2 = g b_2 N_2 + (1 - g) b_2 = b_2 N'_2, b_2 <- m'_2 / N~'_2
+    out = q(redraw[None, None].clone())
+    assert out.indices.item() == 2
+    gamma, eps = 0.99, 1e-5
+    n_new = gamma * n_old + (1 - gamma) * torch.tensor([0.0, 0.0, 1.0])
+    smoothed = (n_new[2] + eps) / (n_new.sum() + 3 * eps) * n_new.sum()
+    torch.testing.assert_close(q.codebook[2], redraw * n_new[2] / smoothed)
 
 
 # --------------------------------------------------------------------------------------
