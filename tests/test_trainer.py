@@ -158,10 +158,25 @@ def toy_trainer(tmp_path, source, model=None, **cfg):
     return Trainer(model or ToyRegression(), source, toy_config(**cfg), tmp_path, run_config={"note": "toy"}, seed=0)
 
 
+def in_write_order(directory):
+    """Zero-pad the writer counter that ends tensorboard event file names, in place.
+
+    Names are ``events.out.tfevents.<time>.<host>.<pid>.<counter>``, the counter counting the
+    writers this process opened; tensorboard reads a directory's files in name order, so two
+    writers opened in the same second by one process (a killed run and its resumption, in a
+    test) are read in the wrong order once the counter passes 9 -> 10, and the older file's
+    events then purge the newer one's."""
+    for path in Path(directory).glob("events.out.tfevents.*"):
+        head, _, counter = path.name.rpartition(".")
+        if counter.isdigit() and len(counter) < 8:
+            path.rename(path.with_name(f"{head}.{int(counter):08d}"))
+    return directory
+
+
 def scalars(directory, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(in_write_order(directory)), size_guidance={"scalars": 0})
     events.Reload()
     return {e.step: e.value for e in events.Scalars(tag)}
 
@@ -248,7 +263,7 @@ def test_a_restarted_run_drops_the_events_a_killed_attempt_logged(tmp_path):
     toy_trainer(tmp_path, ToySource(), steps=5, log_every=1, checkpoint_every=10).fit()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events = EventAccumulator(str(in_write_order(tmp_path / "tensorboard")))
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5]  # not 1, 2, 3, 1, 2, ...
 
