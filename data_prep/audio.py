@@ -108,7 +108,7 @@ def _check_header(path: Path, info, expected_sample_rate, require_mono, min_dura
         )
     result = AudioInfo(str(path), int(info.samplerate), int(info.channels), int(info.frames))
     if result.duration < min_duration:
-        raise AudioProblem(path, "too-short", f"{result.duration:.3f} s < {min_duration:.3f} s")
+        raise AudioProblem(path, "too-short", f"{result.duration:.4f} s < {min_duration:.4f} s")
     return result
 
 

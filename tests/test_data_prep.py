@@ -144,6 +144,25 @@ def test_audio_checks_each_bad_case(tmp_path):
     assert sr == 16000 and wav.dtype == np.float32 and len(wav) == 16000
 
 
+def test_truncation_is_found_behind_an_odd_sized_chunk(tmp_path):
+    """RIFF chunks of odd size are followed by a pad byte: the walk to the data chunk must skip
+    it, or a truncated file behind a LIST chunk of 7 bytes goes unnoticed."""
+    import struct
+
+    def chunk(cid: bytes, payload: bytes) -> bytes:
+        return cid + struct.pack("<I", len(payload)) + payload + b"\0" * (len(payload) % 2)
+
+    samples = (tone(0.1, 16000) * 32767).astype("<i2").tobytes()  # 1600 samples, 3200 bytes
+    body = b"WAVE" + chunk(b"fmt ", struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)) + chunk(b"LIST", b"INFOabc") \
+        + chunk(b"data", samples)
+    full = b"RIFF" + struct.pack("<I", len(body)) + body
+    (tmp_path / "full.wav").write_bytes(full)
+    assert inspect_wav(tmp_path / "full.wav").frames == 1600
+    (tmp_path / "cut.wav").write_bytes(full[:-100])
+    with pytest.raises(AudioProblem, match="truncated: data chunk is 100 bytes longer than the file"):
+        inspect_wav(tmp_path / "cut.wav")
+
+
 # ------------------------------------------------------------------------------- ZeroSpeech
 def test_prepare_zerospeech_sets_and_report(tmp_path):
     bad = make_zerospeech_tree(tmp_path / "english")
@@ -178,6 +197,28 @@ def test_prepare_zerospeech_copies_abx_files(tmp_path):
     assert read_alignments(tmp_path / "data/test/ali") == ali
     assert [i.phone for i in read_items(tmp_path / "data/test/items")] == ["b"]
     assert validate_data_dir(tmp_path / "data/test").ok
+
+
+def test_a_training_file_of_exactly_one_segment_is_kept(tmp_path):
+    """34 frames (32 + 2 context) of 1 + len // 160: 5280 samples (0.33 s) are enough, 5279 are not.
+    Test sets take any length."""
+    from speechsq.data_prep.corpus import CorpusFile, SubsetListing
+    from speechsq.data_prep.zerospeech19 import ZeroSpeech2019
+
+    wav = tone(1.0, 16000)
+    files = []
+    for n, samples in enumerate((5280, 5279)):
+        path = tmp_path / f"S001_000000000{n}.wav"
+        sf.write(path, wav[:samples], 16000, subtype="PCM_16")
+        files.append(CorpusFile(path.stem, "S001", str(path)))
+    train = prepare.prepare_subset(SubsetListing("train", list(files), is_training=True), ZeroSpeech2019(),
+                                   tmp_path / "data/train", 34, read_samples=True)
+    assert train.utterances == 1 and train.hours * 3600 == pytest.approx(0.33, rel=1e-12)
+    assert [(Path(s.path).name, s.reason, s.detail) for s in train.skipped] == [
+        ("S001_0000000001.wav", "too-short", "0.3299 s < 0.3300 s")]
+    test = prepare.prepare_subset(SubsetListing("test", list(files)), ZeroSpeech2019(), tmp_path / "data/test", 34,
+                                  read_samples=True)
+    assert test.utterances == 2 and test.skipped == []
 
 
 def test_missing_directory_is_a_clear_error(tmp_path):
@@ -222,6 +263,8 @@ def test_vctk_split_does_not_move_when_a_file_goes_bad():
     train, test = split_utterances("p225", utts)
     assert len(test) == 4 and sorted(train + test) == utts
     assert split_utterances("p225", list(reversed(utts))) == (train, test)  # order-free
+    for n, n_test in ((16, 2), (14, 1), (5, 0)):  # round(0.1 n), not its floor: 1.6 -> 2, 1.4 -> 1
+        assert len(split_utterances("p225", utts[:n])[1]) == n_test
 
 
 # ------------------------------------------------------------------------------- ABX files
@@ -237,6 +280,23 @@ def test_items_exclude_silence_and_file_edges(tmp_path):
     (tmp_path / "bad").write_text("#file onset offset\n")
     with pytest.raises(AlignmentError, match="header"):
         read_items(tmp_path / "bad")
+
+
+def test_alignment_segments_need_a_positive_duration(tmp_path):
+    (tmp_path / "ali").write_text("u1 0.0000 0.1000 SIL\nu1 0.1000 0.1000 a\n")
+    with pytest.raises(AlignmentError, match=r"ali:2: bad segment times 0.1 0.1"):
+        read_alignments(tmp_path / "ali")
+
+
+def test_copy_lines_keeps_only_kept_utterances_and_the_items_header(tmp_path):
+    """The first line of an ``ali`` file is a segment like any other (dropped when its utterance
+    is); only ``items`` has a header to keep."""
+    (tmp_path / "ali").write_text("gone 0.0 0.1 SIL\nkept 0.0 0.1 SIL\ngone 0.1 0.2 a\n")
+    assert prepare.copy_lines_of(tmp_path / "ali", tmp_path / "ali.out", {"kept"}, header=False) == 2
+    assert (tmp_path / "ali.out").read_text() == "kept 0.0 0.1 SIL\n"
+    (tmp_path / "items").write_text(ITEM_HEADER + "\ngone 0.1 0.2 a x y S\nkept 0.1 0.2 a x y S\n")
+    assert prepare.copy_lines_of(tmp_path / "items", tmp_path / "items.out", {"kept"}, header=True) == 1
+    assert (tmp_path / "items.out").read_text() == ITEM_HEADER + "\nkept 0.1 0.2 a x y S\n"
 
 
 # ------------------------------------------------------------------- silence on the 16-bit scale
@@ -307,6 +367,21 @@ def test_unicode_digit_file_is_a_bad_name_skip(tmp_path):
     assert KaldiDataDir.read(tmp_path / "data/test").utterances == ["S002_0000000200", "S003_0000000200", "S003_0000000201"]
 
 
+def test_an_upper_case_extension_is_reported_not_ignored(tmp_path):
+    """A .WAV file is audio that does not follow the <SPK>_<10 digits>.wav naming: a bad-name
+    skip in the report, not silently left out like a README."""
+    from speechsq.data_prep.corpus import SubsetListing
+    from speechsq.data_prep.zerospeech19 import list_folder
+
+    write_wav(tmp_path / "V001_0000000001.wav")
+    write_wav(tmp_path / "V001_0000000002.WAV")
+    (tmp_path / "README.txt").write_text("not audio")
+    listing = SubsetListing("train")
+    list_folder(tmp_path, listing)
+    assert [f.utt for f in listing.files] == ["V001_0000000001"]
+    assert [(Path(s.path).name, s.reason) for s in listing.skipped] == [("V001_0000000002.WAV", "bad-name")]
+
+
 def test_vctk_names_accept_ascii_digits_only(tmp_path):
     make_vctk_tree(tmp_path / "vctk", speakers=("p225",), n=10)
     write_wav(tmp_path / "vctk/wav48/p225/p225_٠١١.wav", seconds=0.5, sr=48000)
@@ -352,12 +427,25 @@ def test_unusable_test_wav_drops_its_items_and_alignment_lines(tmp_path):
     assert marker["dropped_lines"] == {"ali": 6, "items": 2}
 
 
+def data_dir_contents(out: Path) -> dict:
+    """Every file under ``out`` but the report; the markers without their ``finished`` time (the
+    sets a re-run rewrites before failing are rewritten identically, but maybe a second later)."""
+    contents = {}
+    for p in out.rglob("*"):
+        if p.is_file() and p.name != "prep_report.json":
+            data = p.read_bytes()
+            if p.name == "complete.json":
+                data = {k: v for k, v in json.loads(data).items() if k != "finished"}
+            contents[p.relative_to(out)] = data
+    return contents
+
+
 def test_data_dirs_are_replaced_atomically(tmp_path, monkeypatch):
     root = tmp_path / "english"
     make_zerospeech_tree(root)
     out = tmp_path / "data"
     prepare.prepare("zerospeech19", root, out)
-    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "prep_report.json"}
+    before = data_dir_contents(out)
     write_wav(root / "test/S004_0000000200.wav")  # the corpus changed ...
 
     real_write = KaldiDataDir.write
@@ -373,8 +461,7 @@ def test_data_dirs_are_replaced_atomically(tmp_path, monkeypatch):
 
     with pytest.raises(DiskFullError, match="No space left on device: .*data/test$"):
         prepare.prepare("zerospeech19", root, out)
-    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "prep_report.json"}
-    assert after == before  # every old data dir intact, nothing half-written, no leftovers
+    assert data_dir_contents(out) == before  # every old data dir intact, nothing half-written, no leftovers
     assert sorted(p.name for p in out.iterdir()) == ["parallel", "parallel_source", "prep_report.json", "test", "train"]
     report = json.loads((out / "prep_report.json").read_text())
     assert report["error"].startswith("DiskFullError: No space left on device")

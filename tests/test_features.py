@@ -153,6 +153,36 @@ def test_compute_skips_bad_files_with_reasons(tmp_path):
     assert all(np.all(np.isfinite(f)) for f in feats.values())
 
 
+def test_min_frames_keeps_an_utterance_of_exactly_that_many_frames(tmp_path):
+    """1 + len // 160 frames: 5280 samples give 34 frames (kept with min_frames=34), 5279 give 33."""
+    wav = speech_like(1.0, 16000)
+    d = make_data_dir(tmp_path, n=0, extra={"S001_0000000001": write(tmp_path / "a.wav", wav[:5280], 16000),
+                                            "S002_0000000002": write(tmp_path / "b.wav", wav[:5279], 16000)})
+    report = compute_features(d, tmp_path / "feats", "zerospeech19", min_frames=34, progress=False)
+    assert report.written == 1 and report.frames == 34
+    assert report.skipped == [("S002_0000000002", "too-short", "33 frames < 34")]
+
+
+def test_non_finite_features_are_a_skip_with_a_reason(tmp_path, monkeypatch):
+    """Defensive: were a pipeline ever to give NaN for one file, that file is skipped with its
+    reason (not the whole run aborted by the archive writer's refusal)."""
+    from speechsq.features.logmel import ZeroSpeechLogMel
+
+    real = ZeroSpeechLogMel.from_waveform
+
+    def nan_for_the_short_one(self, wav):
+        feats = real(self, wav)
+        if len(wav) < 20000:
+            feats[3, 5] = np.nan
+        return feats
+
+    monkeypatch.setattr(ZeroSpeechLogMel, "from_waveform", nan_for_the_short_one)
+    d = make_data_dir(tmp_path, n=2)  # 1.0 s and 1.3 s
+    report = compute_features(d, tmp_path / "feats", "zerospeech19", progress=False)
+    assert report.written == 1 and report.frames == 1 + 20800 // 160
+    assert report.skipped == [("S000_0000000000", "non-finite-features", "NaN or inf in features")]
+
+
 def test_all_bad_is_an_error(tmp_path):
     silent = {"S900_0000000001": write(tmp_path / "s.wav", np.zeros(16000, np.float32), 16000)}
     d = make_data_dir(tmp_path, n=0, extra=silent)
@@ -392,6 +422,17 @@ def test_running_moments_match_numpy():
     assert cmvn.count == len(everything)
     x = everything[:10].astype(np.float32)
     np.testing.assert_allclose(cmvn.inverse(cmvn.apply(x)), x, atol=1e-4)
+
+
+def test_a_constant_dimension_is_centred_with_a_unit_scale():
+    """StandardScaler semantics: a dimension with zero variance gets std 1 (centred, not blown up)."""
+    frames = np.array([[1.0, 5.0], [3.0, 5.0], [5.0, 5.0], [7.0, 5.0]])
+    moments = RunningMoments(2)
+    moments.update(frames[:1])
+    moments.update(frames[1:])
+    cmvn = moments.finalize()
+    assert cmvn.mean.tolist() == [4.0, 5.0] and cmvn.std.tolist() == [np.float32(np.sqrt(5.0)), 1.0]
+    assert cmvn.apply(np.array([[4.0, 5.0], [4.0, 6.0]], np.float32)).tolist() == [[0.0, 0.0], [0.0, 1.0]]
 
 
 def test_vctk_standardisation_uses_training_statistics(tmp_path):

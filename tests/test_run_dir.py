@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import stat
@@ -23,7 +24,7 @@ from speechsq.training import build_run, load_checkpoint
 from speechsq.training import checkpoint as checkpoint_module
 from speechsq.training import lock as lock_module
 from speechsq.training.lock import RunLock, RunLockedError
-from speechsq.training.rundir import ResumeError
+from speechsq.training.rundir import ResumeError, RunDir
 from test_trainer import TINY, ToySource, feats_dir, tiny_cfg, toy_trainer  # noqa: F401 - feats_dir is a fixture
 
 
@@ -97,9 +98,10 @@ def test_without_flock_a_record_of_a_dead_process_is_stale(tmp_path, monkeypatch
     with pytest.raises(RunLockedError, match=rf"in use by another training run \(pid {os.getpid()} on host {host}"):
         RunLock(tmp_path).acquire()  # this process is alive
     lock.release()
-    (tmp_path / "train.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "then"}))
-    with pytest.raises(RunLockedError, match=r"pid 1 on host elsewhere.*if that run is certainly over, remove .*train\.lock"):
-        RunLock(tmp_path).acquire()
+    for pid in (1, int(dead.stdout)):  # another host's pid says nothing about this host's processes
+        (tmp_path / "train.lock").write_text(json.dumps({"pid": pid, "host": "elsewhere", "started": "then"}))
+        with pytest.raises(RunLockedError, match=rf"pid {pid} on host elsewhere.*if that run is certainly over, remove .*train\.lock"):
+            RunLock(tmp_path).acquire()
 
 
 # ----- resume is the default, and never restarts over checkpoints ------------------------------
@@ -251,3 +253,66 @@ def test_checkpoint_state_survives_the_round_trip_through_plain_data(tmp_path):
     torch.save(state, tmp_path / "rng.pt")
     checkpoint_module.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert np.array_equal(np.random.normal(size=4), want)
+
+
+def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path):
+    """step_10.pt is newer than step_9.pt (by name it sorts first): resume picks it, falls back
+    to step_9.pt when it is damaged, and pruning keeps the newest by number."""
+    ckpts = tmp_path / "checkpoints"
+    for step in (2, 9, 10):
+        checkpoint_module.atomic_save({"model": {}, "step": step}, ckpts / f"step_{step}.pt")
+    assert [p.name for p in checkpoint_module.step_checkpoints(ckpts)] == ["step_2.pt", "step_9.pt", "step_10.pt"]
+    state, path = RunDir(tmp_path).newest_loadable()
+    assert (state["step"], path.name) == (10, "step_10.pt")
+    (ckpts / "step_10.pt").write_bytes(b"garbage")
+    state, path = RunDir(tmp_path).newest_loadable()
+    assert (state["step"], path.name) == (9, "step_9.pt")
+    for step in (10, 11):
+        checkpoint_module.atomic_save({"model": {}, "step": step}, ckpts / f"step_{step}.pt")
+    checkpoint_module.atomic_save({"model": {}, "step": 11}, ckpts / "last.pt")
+    state, path = RunDir(tmp_path).newest_loadable()  # no step file is newer than last.pt
+    assert (state["step"], path.name) == (11, "last.pt")
+    checkpoint_module.prune_checkpoints(ckpts, keep=2)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.pt", "step_10.pt", "step_11.pt"]
+    checkpoint_module.prune_checkpoints(ckpts, keep=0)  # 0: keep all
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.pt", "step_10.pt", "step_11.pt"]
+
+
+def test_a_changed_quantizer_schedule_is_logged_a_changed_quantizer_is_refused(tmp_path, caplog):
+    from speechsq.training.rundir import check_compatible
+
+    old = {"model": {"name": "speech"}, "quantizer": {"num_codes": 8, "temperature": {"init": 1.0}, "kl_warmup": {"steps": 5}}}
+    new = {"model": {"name": "speech"}, "quantizer": {"num_codes": 8, "temperature": {"init": 2.0}, "kl_warmup": {"steps": 9}}}
+    with caplog.at_level(logging.WARNING, logger="speechsq"):
+        check_compatible(old, new, tmp_path / "c.pt")  # schedules of the training, not the model
+    assert "quantizer.kl_warmup.steps: 5 in the checkpoint, 9 requested; quantizer.temperature.init: 1.0" in caplog.text
+    with pytest.raises(MismatchError, match=r"1 key\(s\) differ: quantizer.num_codes: 8 in the checkpoint, 16 requested"):
+        check_compatible(old, {**new, "quantizer": {**new["quantizer"], "num_codes": 16}}, tmp_path / "c.pt")
+
+
+def test_each_process_gets_its_own_random_stream():
+    """Rank 0 draws the seed's stream; another rank draws another one (identical jitter and
+    Gumbel noise in every data-parallel process would waste the noise)."""
+    import numpy as np
+
+    checkpoint_module.seed_everything(5, rank=0)
+    rank0 = (torch.rand(4), np.random.random(), random.random())
+    assert torch.equal(rank0[0], torch.rand(4, generator=torch.Generator().manual_seed(5)))
+    assert rank0[1:] == (np.random.RandomState(5).random_sample(), random.Random(5).random())
+    checkpoint_module.seed_everything(5, rank=1)
+    rank1 = (torch.rand(4), np.random.random(), random.random())
+    assert not torch.equal(rank0[0], rank1[0]) and rank0[1] != rank1[1] and rank0[2] != rank1[2]
+
+
+def test_a_resume_path_into_the_own_checkpoints_is_accepted_however_it_is_spelled(tmp_path, monkeypatch):
+    from speechsq.training.rundir import plan_resume
+
+    exp = RunDir(tmp_path / "exp")
+    checkpoint_module.atomic_save({"model": {}, "step": 2}, exp.checkpoints / "step_2.pt")
+    checkpoint_module.atomic_save({"model": {}, "step": 3}, tmp_path / "other" / "step_3.pt")
+    monkeypatch.chdir(tmp_path)
+    for spelled in ("exp/checkpoints/step_2.pt", f"{tmp_path}/exp/checkpoints/../checkpoints/step_2.pt"):
+        plan = plan_resume(spelled, exp)
+        assert plan.state["step"] == 2 and not plan.move_aside
+    with pytest.raises(ResumeError, match="already holds checkpoints of another run"):
+        plan_resume(str(tmp_path / "other" / "step_3.pt"), exp)

@@ -21,7 +21,7 @@ def test_explicit_then_environment_then_cores_over_jobs(monkeypatch):
     assert threads.resolve_threads(None) == 5
 
 
-@pytest.mark.parametrize("bad", [0, -1, "two", "1.5"])
+@pytest.mark.parametrize("bad", [0, -1, "two", "1.5", 2.5, "+3", "03"])  # 2.5: never truncated to 2
 def test_bad_thread_counts_are_one_line_errors(bad):
     with pytest.raises(SpeechsqError, match="positive integer"):
         threads.resolve_threads(bad)

@@ -158,10 +158,25 @@ def toy_trainer(tmp_path, source, model=None, **cfg):
     return Trainer(model or ToyRegression(), source, toy_config(**cfg), tmp_path, run_config={"note": "toy"}, seed=0)
 
 
+def in_write_order(directory):
+    """Zero-pad the writer counter that ends tensorboard event file names, in place.
+
+    Names are ``events.out.tfevents.<time>.<host>.<pid>.<counter>``, the counter counting the
+    writers this process opened; tensorboard reads a directory's files in name order, so two
+    writers opened in the same second by one process (a killed run and its resumption, in a
+    test) are read in the wrong order once the counter passes 9 -> 10, and the older file's
+    events then purge the newer one's."""
+    for path in Path(directory).glob("events.out.tfevents.*"):
+        head, _, counter = path.name.rpartition(".")
+        if counter.isdigit() and len(counter) < 8:
+            path.rename(path.with_name(f"{head}.{int(counter):08d}"))
+    return directory
+
+
 def scalars(directory, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(in_write_order(directory)), size_guidance={"scalars": 0})
     events.Reload()
     return {e.step: e.value for e in events.Scalars(tag)}
 
@@ -248,7 +263,7 @@ def test_a_restarted_run_drops_the_events_a_killed_attempt_logged(tmp_path):
     toy_trainer(tmp_path, ToySource(), steps=5, log_every=1, checkpoint_every=10).fit()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events = EventAccumulator(str(in_write_order(tmp_path / "tensorboard")))
     events.Reload()
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5]  # not 1, 2, 3, 1, 2, ...
 
@@ -303,6 +318,20 @@ def test_multistep_learning_rate_at_each_update(tmp_path):
     assert [logged[s] for s in range(1, 8)] == used
 
 
+def test_multistep_learning_rate_continues_across_a_resume(tmp_path):
+    """milestones [2, 5], checkpoint at 4: the resumed run uses 0.5 for update 4 and 0.25 from
+    update 5 on, as the uninterrupted run (a scheduler restarted at the checkpoint would count
+    its milestones from there)."""
+    common = dict(lr=1.0, milestones=(2, 5), gamma=0.5, log_every=1, checkpoint_every=4)
+    toy_trainer(tmp_path, ToySource(), steps=4, **common).fit()
+    resumed = toy_trainer(tmp_path, ToySource(), steps=8, **common)
+    resumed.resume(tmp_path / "checkpoints" / "last.pt")
+    used = []
+    resumed.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    resumed.fit()
+    assert used == [0.5, 0.25, 0.25, 0.25]
+
+
 def test_plateau_halves_after_exactly_patience_bad_validations():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     plateau = PlateauSchedule(opt, plateau=PlateauConfig(patience=3, factor=0.5, threshold=0.0))
@@ -330,6 +359,125 @@ def test_plateau_improvement_threshold_is_relative_to_the_magnitude():
     assert opt.param_groups[0]["lr"] == 0.25 and plateau.best == -1000.2
     plateau.after_validation(float("nan"))  # never an improvement
     assert opt.param_groups[0]["lr"] == 0.125 and plateau.best == -1000.2
+
+
+def test_plateau_never_goes_below_min_lr():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    plateau = PlateauSchedule(opt, plateau=PlateauConfig(patience=1, factor=0.5, threshold=0.0, min_lr=0.3))
+    lrs = []
+    for loss in [1.0, 2.0, 2.0, 2.0]:
+        plateau.after_validation(loss)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == [1.0, 0.5, 0.3, 0.3]  # 0.25 and 0.15 are below min_lr 0.3
+    assert plateau.reductions == 3
+
+
+def test_plateau_state_round_trip_continues_the_count():
+    """A resumed plateau scheduler two bad validations into its patience of 3 halves the LR at
+    the next bad one, as the uninterrupted one does."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    first = PlateauSchedule(opt, plateau=PlateauConfig(patience=3, factor=0.5, threshold=0.0))
+    for loss in [3.0, 4.0, 4.0]:
+        first.after_validation(loss)
+    assert first.state_dict() == {"best": 3.0, "bad_validations": 2, "reductions": 0}
+    opt2 = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    resumed = PlateauSchedule(opt2, plateau=PlateauConfig(patience=3, factor=0.5, threshold=0.0))
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.state_dict() == first.state_dict()
+    resumed.after_validation(3.5)
+    assert opt2.param_groups[0]["lr"] == 0.5 and resumed.state_dict() == {"best": 3.0, "bad_validations": 0, "reductions": 1}
+
+
+def test_grad_clip_0_applies_the_raw_gradients(tmp_path):
+    """grad_clip=0 disables clipping: the parameters equal plain Adam's on unclipped gradients
+    (gradients of norm > 1, so any clipping would change them)."""
+    torch.manual_seed(0)
+    model = ToyRegression()
+    reference = copy.deepcopy(model)
+    trainer = toy_trainer(tmp_path, ToySource(scales={1: 10.0, 2: 10.0}), model=model, steps=2, grad_clip=0.0,
+                          milestones=(), checkpoint_every=100, log_every=1)
+    trainer.fit()
+    optimizer = torch.optim.Adam(reference.parameters(), lr=0.05, betas=(0.9, 0.999))
+    source, norms = ToySource(scales={1: 10.0, 2: 10.0}), []
+    for step in range(2):
+        optimizer.zero_grad()
+        reference(source.next_batch(), trainer.step_context(step)).loss.backward()
+        norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.parameters()]))))
+        optimizer.step()
+    assert min(norms) > 1.0
+    for got, want in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    logged = scalars(tmp_path / "tensorboard", "metrics/grad_norm")
+    assert [logged[1], logged[2]] == pytest.approx(norms, rel=1e-5)
+
+
+class StepLoss(nn.Module):
+    """Loss = the index of the update (0, 1, 2, ...): a logged window mean is known exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, batch, ctx):
+        return ModelOutput(loss=self.w.sum() * 0 + float(ctx.step), terms={}, metrics={})
+
+
+def test_logged_loss_is_the_mean_over_its_window(tmp_path):
+    """log_every=5 over 12 updates: step 5 logs mean(0..4) = 2, step 10 mean(5..9) = 7, and the
+    last, short window (updates 10, 11) 10.5: divided by its own length, not log_every."""
+    toy_trainer(tmp_path, ToySource(), model=StepLoss(), steps=12, log_every=5, checkpoint_every=100, milestones=()).fit()
+    assert scalars(tmp_path / "tensorboard", "loss") == {5: 2.0, 10: 7.0, 12: 10.5}
+
+
+def test_a_resumed_run_keeps_the_events_logged_up_to_its_checkpoint(tmp_path):
+    """Killed asking for batch 5 (steps 1-4 logged, checkpoint at 3) and resumed from step 3:
+    the events of steps 1-3 stay, the killed attempt's step 4 is replaced, and every step is
+    logged once with the uninterrupted run's value."""
+    common = dict(steps=6, log_every=1, checkpoint_every=3, milestones=())
+    toy_trainer(tmp_path / "straight", ToySource(), **common).fit()
+    with pytest.raises(KeyboardInterrupt):
+        toy_trainer(tmp_path / "split", ToySource(stop_at=5), **common).fit()
+    resumed = toy_trainer(tmp_path / "split", ToySource(), **common)
+    resumed.resume(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert resumed.step == 3
+    resumed.fit()
+    straight = scalars(tmp_path / "straight" / "tensorboard", "loss")
+    assert sorted(straight) == [1, 2, 3, 4, 5, 6]
+    assert scalars(tmp_path / "split" / "tensorboard", "loss") == straight
+
+
+def test_a_checkpoint_of_another_world_size_reseeds_with_seed_plus_step(tmp_path):
+    """Per-process RNG states of 2 processes cannot be given to 1: the streams are re-seeded
+    with seed + step (not seed: the resumed run would replay the first steps' random draws)."""
+    toy_trainer(tmp_path / "a", ToySource(), steps=4, checkpoint_every=4).fit()
+    state = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    state["world_size"], state["processes"] = 2, state["processes"] * 2
+    trainer = Trainer(ToyRegression(), ToySource(), toy_config(steps=8), tmp_path / "b", seed=5)
+    trainer.restore(state, tmp_path / "a" / "checkpoints" / "last.pt")
+    assert trainer.step == 4
+    got = torch.rand(3)
+    assert torch.equal(got, torch.rand(3, generator=torch.Generator().manual_seed(5 + 4)))
+    assert np.random.random() == np.random.RandomState(9).random_sample()
+
+
+class NonFiniteGradient(nn.Module):
+    """A finite loss (0) whose gradient is NaN: d|w|^0.5/dw at w = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, batch, ctx):
+        return ModelOutput(loss=self.w.abs().sqrt().sum(), terms={"root": self.w.abs().sqrt().sum()}, metrics={})
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_non_finite_gradient_stops_before_the_update(tmp_path, grad_clip):
+    model = NonFiniteGradient()
+    trainer = toy_trainer(tmp_path, ToySource(), model=model, grad_clip=grad_clip)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient norm at step 0 \(gradient norm=nan\); loss terms: root=0"):
+        trainer.fit()
+    assert trainer.step == 0 and torch.equal(model.w.detach(), torch.zeros(1))  # Adam never saw the NaN
 
 
 # ----- schedules ----------------------------------------------------------------------------

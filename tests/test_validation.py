@@ -56,6 +56,8 @@ def test_validation_means_are_over_examples_and_touch_no_random_stream():
                              "metrics/draw": 0.0}
     limited = run_validation(model, source.batches(), StepContext(), torch.device("cpu"), step=7, max_batches=1)
     assert limited.examples == 3 and limited.loss == 2.0
+    run_validation(model.eval(), source.batches(), StepContext(), torch.device("cpu"), step=7)
+    assert not model.training  # a model in eval mode stays in eval mode
 
 
 class ScriptedValidation(ToyRegression):
@@ -87,6 +89,26 @@ def test_plateau_halves_the_lr_after_exactly_three_validations_without_improveme
     state = load_checkpoint(tmp_path / "checkpoints" / "step_4.pt")
     assert state["scheduler"] == {"name": "plateau", "state": {"best": 4.0, "bad_validations": 2, "reductions": 0}}
     assert state["metrics"]["valid/loss"] == 4.0
+
+
+class ValidationLossIsTheStep(ToyRegression):
+    def forward(self, batch, ctx):
+        if self.training:
+            return super().forward(batch, ctx)
+        return ModelOutput(loss=torch.tensor(float(ctx.step)), terms={"kl_weight": torch.tensor(ctx.kl_weight)})
+
+
+def test_validation_after_update_n_uses_the_step_context_of_step_n(tmp_path):
+    """The pass after n updates sees step n (its temperature and KL weight: those of the next
+    update), and is logged at step n."""
+    from speechsq.training.schedules import KLWarmup
+
+    trainer = Trainer(ValidationLossIsTheStep(), ToySource(),
+                      toy_config(steps=4, validation=ValidationConfig(every=2), kl_warmup=KLWarmup("linear", 8)),
+                      tmp_path, validation_source=Batches([{"x": torch.zeros(2, 3), "y": torch.zeros(2, 1)}]))
+    trainer.fit()
+    assert scalars(tmp_path / "tensorboard", "valid/loss") == {2: 2.0, 4: 4.0}
+    assert scalars(tmp_path / "tensorboard", "valid/terms/kl_weight") == {2: 0.25, 4: 0.5}
 
 
 def test_a_validation_schedule_needs_a_validation_set_and_epochs(tmp_path, feats_dir):
@@ -217,6 +239,34 @@ def test_the_model_summaries_hook_runs_at_checkpoints_and_lands_in_tensorboard(t
     assert "text/note/text_summary" in tags["tensors"]
     note = events.Tensors("text/note/text_summary")[0]
     assert (note.step, note.tensor_proto.string_val[0].decode()) == (2, "MSE 3.0 dB²")
+
+
+class NoisyWithSummaries(ToyRegression):
+    """Training draws noise (as jitter and Gumbel sampling do); the hook draws random numbers too."""
+
+    def __init__(self, hook_draws):
+        super().__init__()
+        self.hook_draws = hook_draws
+
+    def forward(self, batch, ctx):
+        batch = {**batch, "x": batch["x"] + 0.1 * torch.randn_like(batch["x"])}
+        return super().forward(batch, ctx)
+
+    def summaries(self, batch):
+        torch.rand(self.hook_draws)
+        return {"scalars": {"extra": 1.0}}
+
+
+def test_the_summaries_hook_leaves_the_training_random_stream_alone(tmp_path):
+    """Media summaries at checkpoints must not shift the training's noise: a hook that draws
+    1000 numbers gives the same parameters as one that draws none."""
+    params = []
+    for draws in (0, 1000):
+        torch.manual_seed(0)
+        model = NoisyWithSummaries(draws)
+        Trainer(model, ToySource(), toy_config(steps=5, checkpoint_every=2), tmp_path / str(draws)).fit()
+        params.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*params))
 
 
 def test_a_failing_summaries_hook_is_logged_not_fatal(tmp_path, caplog):
