@@ -142,7 +142,7 @@ def sensitivity_claim(text: str, source: str, metric: str) -> Claim:
         diff, spread, n = _combined(worst, best, metric)
         if n < 2:
             return _not_testable(text, source, "needs 2 or more seeds per row for a spread", [best, worst])
-        z = diff / spread if spread > 0 else math.inf
+        z = diff / spread if spread > 0 else (0.0 if diff == 0 else math.inf)  # no spread and no gap: no difference
         holds = z > DIFFERENCE_SIGMAS
         detail = (f"worst {_fmt(worst, metric)} vs best {_fmt(best, metric)}: difference {diff:.2f} = "
                   f"{z:.1f} combined std ({'>' if holds else '<='} {DIFFERENCE_SIGMAS:g})")

@@ -99,10 +99,13 @@ def sources_from_units(units_dir: str | Path, utt2spk: Mapping[str, str] | None 
     from speechsq.completion import require_complete
 
     units_dir = Path(units_dir)
-    require_complete(units_dir, "units", remedy="run `speechsq extract` again")
+    marker = require_complete(units_dir, "units", remedy="run `speechsq extract` again")
     files = sorted((units_dir / "indices").glob("*.npy"))
     if not files:
         raise ResynthesisError(f"no indices/*.npy under {units_dir}; give the --out folder of `speechsq extract`")
+    if not marker.matches(f.stem for f in files):  # as evaluate: units added or removed after extraction
+        raise ResynthesisError(f"{units_dir}/indices holds {len(files)} utterances but its complete.json says "
+                               f"{marker.count} (the directory was changed after extraction); run `speechsq extract` again")
     return [Source(f.stem, (utt2spk or {}).get(f.stem), frame_units=f) for f in files]
 
 

@@ -299,6 +299,20 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert printed == ["ABX error rate (%)", "speaker  context     error     cells", "across   within     100.00         4"]
 
 
+def test_default_subsampling_is_the_references(tmp_path):
+    """zerospeech-libriabx2's defaults: groups above 10 items subsampled, 5 X speakers, seed 3459,
+    10 ms frames; the same in the API and on the command line."""
+    item_file, feat_dir = _two_phone_task(tmp_path, speaker_b_swapped=False)
+    expected = {"max_size_group": 10, "max_x_across": 5, "seed": 3459, "frame_shift": 0.01}
+    settings = compute_abx(item_file, feat_dir, speaker_modes=("within",), context_modes=("within",)).settings
+    assert {key: settings[key] for key in expected} == expected
+    out = tmp_path / "abx.json"
+    assert main(["--items", str(item_file), "--features", str(feat_dir), "--mode", "within", "--context", "within",
+                 "--threads", "1", "--no-progress", "--out", str(out)]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert {key: settings[key] for key in expected} == expected
+
+
 def test_progress_bar_is_shown_on_request_and_never_with_progress_false(tmp_path, capsys):
     item_file, feat_dir = _two_phone_task(tmp_path, speaker_b_swapped=False)
     compute_abx(item_file, feat_dir, speaker_modes=("within",), context_modes=("within",), progress=True)

@@ -247,6 +247,18 @@ def test_units_marker_of_an_extract_directory_covers_its_subdirectories(tmp_path
         _abx(item_file, indices, allow_missing=True)
 
 
+def test_units_marker_two_levels_up_covers_the_zerospeech_tree(tmp_path):
+    """extract --zerospeech writes units/<set>/zerospeech/test/: its marker is two levels up."""
+    item_file, feats = _hand_task(tmp_path / "units" / "test")
+    (tmp_path / "units" / "test" / "zerospeech").mkdir()
+    tree = feats.rename(tmp_path / "units" / "test" / "zerospeech" / "test")
+    mark_complete(tmp_path / "units" / "test", "units", [f"{s}_{k}" for k, (s, _, _) in enumerate(HAND)], producer="speechsq extract")
+    assert _abx(item_file, tree).inputs["completion"]["marker"] == str(tmp_path / "units" / "test" / MARKER)
+    np.save(tree / "stray.npy", np.zeros((1, 1)))
+    with pytest.raises(MismatchError, match=r"test holds 9 feature files but its marker .*units/test/complete\.json"):
+        _abx(item_file, tree)
+
+
 def test_a_file_added_after_completion_is_a_mismatch(tmp_path):
     item_file, feats = _hand_task(tmp_path)
     mark_complete(feats, "features", [f"{s}_{k}" for k, (s, _, _) in enumerate(HAND)], producer="speechsq compute-feats")

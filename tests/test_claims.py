@@ -123,3 +123,69 @@ def test_report_adds_the_speech_out_table_from_complete_measures(exp, capsys):
     (exp / "sq_gauss1" / "seed2" / "synthesis_eval" / "complete.json").unlink()
     with pytest.raises(SpeechsqError, match="synthesis_eval is incomplete"):
         report.collect(exp)
+
+
+def _verdicts(exp):
+    return check_claims("sqvae_zerospeech19", exp, report.collect(exp))
+
+
+def test_difference_of_exactly_two_combined_stds_does_not_hold(tmp_path):
+    # seeds 7, 10, 13 (mean 10, sample std 3) and 16, 20, 24 (mean 20, std 4): 10 / sqrt(9 + 16) = 2 exactly
+    for seed, (best, worst) in enumerate([(7.0, 16.0), (10.0, 20.0), (13.0, 24.0)], 1):
+        _run(tmp_path, "vq_sigma2_0.1", seed, "vq", {"mse_db2": best}, sigma2=0.1)
+        _run(tmp_path, "vq_ema_reset_sigma2_10", seed, "vq_ema_reset", {"mse_db2": worst}, sigma2=10.0)  # VQ family too
+    sensitivity = _verdicts(tmp_path)[0]
+    assert sensitivity.z == 2.0 and sensitivity.status == "does not hold"
+    assert "= 2.0 combined std (<= 2)" in sensitivity.detail
+
+
+def test_parity_holds_when_far_better(tmp_path):
+    # sq 10, 12 against the best VQ row 20, 22: better by 10 = -5 combined stds (sqrt(2 + 2) = 2)
+    for seed, (vq, sq) in enumerate([(20.0, 10.0), (22.0, 12.0)], 1):
+        _run(tmp_path, "vq_ema", seed, "vq_ema", {"mse_db2": vq}, sigma2=0.1)
+        _run(tmp_path, "sq_gauss1", seed, "sq_gauss1", {"mse_db2": sq})
+    parity = _verdicts(tmp_path)[1]
+    assert parity.z == pytest.approx(-5.0, abs=1e-12) and parity.status == "holds"
+    assert "better than it by 10.00" in parity.detail
+
+
+def test_zero_spread_gives_infinite_z(tmp_path):
+    # every seed gives the same number: no spread, any gap is infinitely many stds
+    for seed in (1, 2):
+        _run(tmp_path, "vq_sigma2_0.1", seed, "vq", {"mse_db2": 30.0, "abx_across": 20.0}, sigma2=0.1)
+        _run(tmp_path, "vq_sigma2_10", seed, "vq", {"mse_db2": 40.0, "abx_across": 20.0}, sigma2=10.0)
+        _run(tmp_path, "sq_gauss1", seed, "sq_gauss1", {"mse_db2": 31.0, "abx_across": 19.0})
+    sens_mse, parity_mse, _, sens_abx, parity_abx = _verdicts(tmp_path)
+    assert (sens_mse.z, sens_mse.status) == (math.inf, "holds")
+    assert (parity_mse.z, parity_mse.status) == (math.inf, "does not hold")  # 1 worse, no spread
+    assert (sens_abx.z, sens_abx.status) == (0.0, "does not hold")  # 20 vs 20: 0 / 0 is no difference
+    assert (parity_abx.z, parity_abx.status) == (-math.inf, "holds")
+
+
+def test_rows_needed_for_a_verdict(tmp_path):
+    # one row at 2 seeds, the other at 1: the smaller count decides, no spread -> not testable
+    for seed in (1, 2):
+        _run(tmp_path, "vq_sigma2_0.1", seed, "vq", {"mse_db2": 30.0 + seed}, sigma2=0.1)
+    _run(tmp_path, "vq_sigma2_10", 1, "vq", {"mse_db2": 90.0}, sigma2=10.0)
+    sensitivity = _verdicts(tmp_path)[0]
+    assert sensitivity.status == "not testable" and "2 or more seeds" in sensitivity.detail
+    # two VQ rows at one sigma^2 (vq and vq_ema, both 0.1) are no sensitivity test
+    same = tmp_path / "same"
+    for seed in (1, 2):
+        _run(same, "vq", seed, "vq", {"mse_db2": 30.0 + seed}, sigma2=0.1)
+        _run(same, "vq_ema", seed, "vq_ema", {"mse_db2": 60.0 + seed}, sigma2=0.1)
+    sensitivity = _verdicts(same)[0]
+    assert sensitivity.status == "not testable" and "two or more sigma^2" in sensitivity.detail
+
+
+def test_only_a_fixed_decoder_variance_places_a_vq_row(tmp_path):
+    # a VQ row with a learned variance (its sigma2 only an initial value) has no sigma^2 in the grid
+    for seed in (1, 2):
+        _run(tmp_path, "vq_sigma2_0.1", seed, "vq", {"mse_db2": 30.0 + seed}, sigma2=0.1)
+        d = tmp_path / "vq_learned" / f"seed{seed}"
+        (d / "eval").mkdir(parents=True)
+        (d / "config.yaml").write_text(yaml.safe_dump({"quantizer": {"name": "vq", "likelihood": {
+            "name": "gaussian_trainable", "sigma2": 10.0}}, "seed": seed}))
+        _metrics(d, {"mse_db2": 90.0 + seed})
+    sensitivity = _verdicts(tmp_path)[0]
+    assert sensitivity.status == "not testable" and sensitivity.rows == ["vq_sigma2_0.1"]

@@ -39,7 +39,8 @@ def test_bitrate_equals_hand_computation():
 def test_bitrate_of_dense_rows_and_constant_units():
     rows = {"a": np.array([[0.5, 1.0], [0.5, 1.0], [0.0, 1.0]])}
     assert compute_bitrate(rows, frame_shift=0.01).n_distinct == 2
-    assert compute_bitrate({"a": np.zeros(10, int)}, frame_shift=0.01).bitrate == 0.0
+    constant = compute_bitrate({"a": np.zeros(10, int)}, frame_shift=0.01)
+    assert constant.bitrate == 0.0 and math.copysign(1.0, constant.entropy_bits) == 1.0  # 0.0, not -0.0, in the JSON
     with pytest.raises(ValueError, match="durations or the frame shift"):
         compute_bitrate({"a": np.zeros(3)})
     with pytest.raises(ValueError, match="no sequences"):
@@ -58,6 +59,8 @@ def test_codebook_perplexity_and_active_codes():
     assert entropy_bits([1, 1]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="num_codes"):
         codebook_stats([np.array([9])], num_codes=8)
+    with pytest.raises(ValueError, match=r"^code index 8 >= num_codes=8$"):  # the first index past the codebook
+        codebook_stats([np.array([0, 8])], num_codes=8)
 
 
 def test_code_usage_png(tmp_path):
@@ -132,10 +135,16 @@ def test_mse_input_errors():
     short = evaluate_mse(ShiftModel(np.ones(4)), {"a": np.zeros((2, 4), np.float32), "b": np.zeros((4, 4), np.float32)},
                          [("a", 0), ("b", 0)], db_scale(4, top_db=1.0), progress=False)
     assert short.skipped == ["a"] and short.n_frames == 2
+    # without trimming a single frame is still too short for the x2 downsampling: skipped, not fed
+    model = ShiftModel(np.ones(4))
+    single = evaluate_mse(model, {"a": np.zeros((1, 4), np.float32), "b": np.zeros((3, 4), np.float32)},
+                          [("a", 0), ("b", 0)], db_scale(4, top_db=2.0), progress=False, trim="none")
+    assert single.skipped == ["a"] and single.n_frames == 3 and single.mse_db2 == 4.0
+    assert [call[1] for call in model.calls] == [[3]]
 
 
 def test_eval_list_from_utt2spk_and_file(tmp_path):
-    (tmp_path / "utt2spk").write_text("s1_a s1\ns2_b s2\n")
+    (tmp_path / "utt2spk").write_text("s2_b s2\ns1_a s1\n")  # read in sorted order
     assert read_eval_list(tmp_path) == [("s1_a", "s1"), ("s2_b", "s2")]
     listing = tmp_path / "list"
     listing.write_text("s1_a s2\n")
@@ -157,18 +166,23 @@ def test_report_means_and_stds_over_seeds(tmp_path, capsys):
     _write_metrics(tmp_path, "vq_ema", 1, mse_db2=30.0, abx_across=20.0, abx_within=10.0, bitrate=400.0, perplexity=100.0, active_codes=300)
     _write_metrics(tmp_path, "vq_ema", 2, mse_db2=32.0, abx_across=22.0, abx_within=12.0, bitrate=420.0, perplexity=110.0, active_codes=310)
     _write_metrics(tmp_path, "sq_gauss1", 1, mse_db2=25.0)
+    _write_metrics(tmp_path, "vq_ema", "2_old", mse_db2=99.0)  # a kept-aside copy is no seed directory
     base = tmp_path / "baseline" / "eval" / "metrics.json"
     base.parent.mkdir(parents=True)
     base.write_text(json.dumps({"abx_across": 30.0, "abx_within": 15.0}))
     mark_complete(base.parent, "eval", ["metrics.json"], producer="test")
     assert report_mod.main(["--exp-dir", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
+    assert results["quantizers"]["vq_ema"]["seeds"] == [1, 2]
     mse = results["quantizers"]["vq_ema"]["metrics"]["mse_db2"]
     assert mse["mean"] == pytest.approx(31.0) and mse["std"] == pytest.approx(math.sqrt(2.0))
     assert results["quantizers"]["sq_gauss1"]["metrics"]["mse_db2"]["std"] == 0.0
     assert results["baseline"] == {"abx_across": 30.0, "abx_within": 15.0}
     table = (tmp_path / "results.md").read_text()
     assert "VQ-VAE w/ EMA" in table and "31.00 ± 1.41" in table and "Gaussian SQ-VAE (I)" in table
+    # two seeds: mean ± sample std (sqrt 2 for 30/32, 10 sqrt 2 for 400/420); one seed: the value alone
+    assert "| VQ-VAE w/ EMA | 2 | 31.00 ± 1.41 | 21.00 ± 1.41 | 11.00 ± 1.41 | 410.0 ± 14.1 | 105.0 ± 7.1 | 305 ± 7 |" in table
+    assert "| Gaussian SQ-VAE (I) | 1 | 25.00 | – | – | – | – | – |" in table
     assert "log-Mel baseline" in capsys.readouterr().out
 
 
@@ -181,6 +195,7 @@ def test_report_without_runs_is_a_clear_error(tmp_path):
     ("{not json", r"is not valid JSON \(Expecting property name enclosed in double quotes: line 1 column 2"),
     ("[1, 2]", "holds a JSON list, expected an object of metrics"),
     ('{"mse_db2": "31.0"}', r"mse_db2 is '31.0', expected a number or null"),
+    ('{"abx_across": true}', r"abx_across is True, expected a number or null"),
 ])
 def test_report_names_a_malformed_metrics_file(tmp_path, capsys, content, message):
     from speechsq import cli

@@ -99,6 +99,13 @@ def test_zerospeech_onehot_and_bad_options(tmp_path):
     extract(FakeModel(), feats, tmp_path, frame_shift=0.01, zerospeech=True, embedding="onehot", progress=False)
     rows = np.loadtxt(tmp_path / "zerospeech" / "test" / "utt0.txt", ndmin=2)
     assert set(rows.sum(1).tolist()) == {1.0}
+    indices = np.load(tmp_path / "indices" / "utt0.npy")
+    np.testing.assert_array_equal(rows, np.eye(3)[indices])  # a 1 in the column of each frame's code
+    known = {"k": one_hot_feats([0, 2, 1, 1])}
+    extract(FakeModel(), known, tmp_path / "onehot", frame_shift=0.01, zerospeech=True, embedding="onehot", progress=False)
+    assert (tmp_path / "onehot/zerospeech/test/k.txt").read_text() == "1 0 0\n0 0 1\n0 1 0\n0 1 0\n"
+    extract(FakeModel(), known, tmp_path / "index", frame_shift=0.01, zerospeech=True, embedding="index", progress=False)
+    assert (tmp_path / "index/zerospeech/test/k.txt").read_text() == "0\n2\n1\n1\n"
     with pytest.raises(ValueError, match="unknown ZeroSpeech embedding"):
         extract(FakeModel(), feats, tmp_path, frame_shift=0.01, embedding="bogus", progress=False)
     with pytest.raises(ValueError, match="batch_size"):
@@ -283,6 +290,53 @@ def test_evaluate_bitrate_and_codebook_by_hand(tmp_path, tiny_checkpoint):
     assert metrics["perplexity"] == pytest.approx(2**h) and metrics["active_codes"] == 3
     assert metrics["codebook"] == pytest.approx(
         {"num_codes": 8, "perplexity": 2**h, "active_codes": 3, "entropy_bits": h, "n_frames": 6})
+
+
+def test_evaluate_reports_within_and_across_speaker_abx_of_known_units(tmp_path, tiny_checkpoint):
+    """One-hot codes (FakeModel's z_q): speaker s1 says a with code 0 and b with code 1, s2 the
+    other way round. Within speaker every X is at angle 0 from its A and 1/2 from every B:
+    error 0 %. Across speaker X (s2's a, code 1) is 0 from B (s1's b) and 1/2 from A: 100 %.
+    Units of 20 ms: items of 0.06 s hold frames 0 and 1 (at 10 ms they would end past the file).
+    The encoder output z_e is the same everywhere (all ties: 50 %), so scoring it instead of z_q shows."""
+    from speechsq.errors import MismatchError
+    from speechsq.eval import evaluate
+    from speechsq.eval.inputs import checkpoint_identity
+
+    class FlatLatents(FakeModel):
+        def encode(self, feats, lengths):
+            out = super().encode(feats, lengths)
+            return {**out, "z_e": torch.ones_like(out["z_e"])}
+
+    codes = {("s1", "a"): 0, ("s1", "b"): 1, ("s2", "a"): 1, ("s2", "b"): 0}
+    feats, items = {}, ["#file onset offset #phone prev-phone next-phone speaker"]
+    for (speaker, phone), code in codes.items():
+        for k in (1, 2):
+            utt = f"{speaker}_{phone}{k}"
+            feats[utt] = one_hot_feats([code] * 3)
+            items.append(f"{utt} 0.0 0.06 {phone} x y {speaker}")
+    (tmp_path / "items").write_text("\n".join(items) + "\n")
+
+    extract(FlatLatents(), feats, tmp_path / "units", frame_shift=0.01, progress=False, info=checkpoint_identity(tiny_checkpoint))
+
+    def abx(*options):
+        assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--exp-dir", str(tmp_path / "run"), "--units",
+                              str(tmp_path / "units"), "--items", str(tmp_path / "items"), "--no-progress", "--device",
+                              "cpu", *options]) == 0
+        return json.loads((tmp_path / "run/eval/metrics.json").read_text())
+
+    metrics = abx()  # the quantised codes z_q, cosine
+    assert (metrics["abx_within"], metrics["abx_across"]) == (0.0, 100.0)
+    assert metrics["abx"]["scores"] == {"within-within": 0.0, "across-within": 100.0}  # within context only
+    assert (metrics["abx"]["settings"]["frame_shift"], metrics["abx"]["settings"]["distance"]) == (0.02, "cosine")
+    metrics = abx("--abx-features", "indices")  # unit indices: the edit distance
+    assert (metrics["abx_within"], metrics["abx_across"], metrics["abx"]["settings"]["distance"]) == (0.0, 100.0, "edit")
+    metrics = abx("--abx-features", "z_e")
+    assert (metrics["abx_within"], metrics["abx_across"]) == (50.0, 50.0)
+    # units made at another frame shift than the checkpoint's (10 ms features, x2) are refused
+    extract(FakeModel(), feats, tmp_path / "other", frame_shift=0.005, progress=False, info=checkpoint_identity(tiny_checkpoint))
+    with pytest.raises(MismatchError, match=r"have a frame shift of 0.01 s, the checkpoint's units 0.02 s"):
+        evaluate.main(["--checkpoint", str(tiny_checkpoint), "--exp-dir", str(tmp_path / "run2"), "--units",
+                       str(tmp_path / "other"), "--no-progress", "--device", "cpu"])
 
 
 # ------------------------------------------------------------------------- extract: input checks
@@ -559,7 +613,10 @@ def test_evaluate_leaves_out_what_compute_feats_skipped_and_checks_the_baseline(
                      "s1_a 0.02 0.08 a x y s1\ns2_a 0.02 0.08 a x y s2\ns2_b 0.02 0.08 a x y s2\n")
     base = tmp_path / "baseline"
     assert evaluate.main(["--exp-dir", str(base), "--baseline-feats", str(feat_dir), "--items", str(items)]) == 0
-    assert json.loads((base / "eval/metrics.json").read_text())["abx_items_dropped"] == 1
+    baseline = json.loads((base / "eval/metrics.json").read_text())
+    assert baseline["abx_items_dropped"] == 1
+    # log-Mel frames of 10 ms, the within-context conditions of the paper's table
+    assert (baseline["abx"]["settings"]["frame_shift"], sorted(baseline["abx"]["scores"])) == (0.01, ["across-within", "within-within"])
     assert json.loads((base / "eval/complete.json").read_text())["baseline_feats"] == str(feat_dir.resolve())
     items.write_text(items.read_text() + "s9_z 0.02 0.08 a x y s9\n")
     with pytest.raises(MismatchError, match=rf"1 of the 4 utterances of the item file {items} are not in the features {feat_dir}"):

@@ -82,6 +82,9 @@ def test_standardised_mse_is_converted_with_the_cmvn_variance(tmp_path):
 
 def test_feature_db_conversions():
     zs = plots.feature_db({"n_mels": 2, "top_db": 80, "add_one": True})
+    # the ZeroSpeech pipeline adds one unless told otherwise: 1 is 0 dB, 0 is -top_db
+    np.testing.assert_array_equal(plots.feature_db({"n_mels": 1, "top_db": 80}).to_db(np.array([[1.0, 0.0]])), [[0.0, -80.0]])
+    np.testing.assert_array_equal(plots.feature_db({"n_mels": 1, "top_db": 80, "add_one": False}).to_db(np.array([[0.0]])), [[0.0]])
     np.testing.assert_allclose(zs.to_db(np.array([[1.0, 0.5], [0.0, 0.25]])), [[0.0, -40.0], [-80.0, -60.0]])
     assert zs.mse_db2(np.array([[1.0, 0.5]]).repeat(2, 0), np.array([[0.5, 0.5]]).repeat(2, 0)) == pytest.approx(800.0)
     cmvn = Cmvn(np.array([-50.0, -40.0], np.float32), np.array([2.0, 4.0], np.float32), 1)

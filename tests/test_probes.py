@@ -87,6 +87,9 @@ def test_split_keeps_every_speaker_on_both_sides():
     train, test = split_utterances(utts, {u: u[:2] for u in utts}, test_fraction=0.2)
     assert not set(train) & set(test) and len(train) + len(test) == 15
     assert {u[:2] for u in test} == {u[:2] for u in train} == {"s0", "s1", "s2"}
+    # at least one test utterance per speaker with two or more (round(0.2 * 2) = 0), none from a single one
+    train, test = split_utterances(["a_1", "a_2", "b_1"], {"a_1": "a", "a_2": "a", "b_1": "b"}, test_fraction=0.2)
+    assert (len(train), len(test), train[-1]) == (2, 1, "b_1") and test[0] in ("a_1", "a_2")
 
 
 def test_speech_probes_find_phone_and_speaker_information():
@@ -110,6 +113,12 @@ def test_speech_probes_find_phone_and_speaker_information():
     assert (result.phone_accuracy, result.speaker_accuracy) == (100.0, 100.0)
     # 12 utterances of 24 frames, one test utterance per speaker (round(0.2 * 6) = 1)
     assert (result.n_train_frames, result.n_test_frames, result.n_phones, result.n_speakers) == (240, 48, 3, 2)
+    # a phone only the test utterances have cannot be predicted: its frames are not scored
+    _, test_utts = split_utterances(sorted(feats), utt2spk, 0.2, 0)
+    unseen = {utt: segs[:-1] + [PhoneSegment(segs[-1].onset, segs[-1].offset, "z")] if utt in test_utts else segs
+              for utt, segs in ali.items()}
+    result = speech_probes(feats, utt2spk, unseen, frame_shift=0.02)
+    assert (result.phone_accuracy, result.n_phones, result.n_test_frames) == (100.0, 3, 48)
     # the same features for every utterance: no speaker information, and each speaker has one
     # test utterance of 24 frames, so the (constant) prediction is right for exactly half
     same = {utt: feats["s1_0"] for utt in feats}

@@ -149,6 +149,11 @@ def test_units_from_extract_decode_to_speech(tmp_path, corpus):
     wav, _ = sf.read(out / "V001" / "S101_0000000002.wav")
     assert len(wav) == 160 * (2 * latent - 1)  # units alone: two feature frames per unit frame
     assert [p.name for p in (out / "V001").iterdir()] == ["S101_0000000002.wav"]
+    # units added after extraction are not the ones the marker vouches for: refused, as evaluate does
+    np.save(units / "indices" / "S999_0000000009.npy", np.zeros(3, np.int64))
+    with pytest.raises(rs.ResynthesisError, match=r"indices holds \d+ utterances but its complete.json says \d+"):
+        rs.main(["--checkpoint", str(tiny_checkpoint()), "--units", str(units), "--speaker", "V001", "--out",
+                 str(tmp_path / "out2"), "--no-progress", "--device", "cpu", "--griffin-lim-iters", "2"])
 
 
 def test_one_line_errors(tmp_path, corpus, capsys):

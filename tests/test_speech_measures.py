@@ -25,6 +25,11 @@ def test_identical_signals_are_at_distance_zero_exactly():
     assert distance.mcd_db == 0.0 and distance.lsd_db == 0.0 and distance.frames == 1 + 8000 // 160
 
 
+def test_silence_sits_at_the_mel_floor_of_minus_100_dB():
+    pipeline = build_pipeline("zerospeech19")
+    assert np.all(sm.log_mel(np.zeros(1600), pipeline) == np.log(1e-5))
+
+
 def test_a_gain_gives_its_dB_as_lsd_and_leaves_the_cepstrum():
     pipeline = build_pipeline("zerospeech19")
     wav = speech_like(0.5, seed=2) + 0.05  # no band near the floor, so the gain is seen everywhere
@@ -53,6 +58,8 @@ def test_lsd_closed_form_and_frame_alignment():
     b = np.zeros((4, 4))
     b[:, :2] = np.log(10.0)  # +20 dB in half the bands
     assert sm.log_spectral_distance(a, b) == pytest.approx(np.sqrt(0.5 * 20.0**2), rel=1e-12)  # common 3 frames
+    # per frame first, then the mean over frames: 0 dB and 20 dB frames give 10 dB (not sqrt(200))
+    assert sm.log_spectral_distance(np.zeros((2, 4)), np.array([[0.0] * 4, [np.log(10.0)] * 4])) == pytest.approx(10.0, rel=1e-12)
     with pytest.raises(sm.MeasureError, match="same bands"):
         sm.log_spectral_distance(np.zeros((3, 4)), np.zeros((3, 5)))
     with pytest.raises(sm.MeasureError, match="no frames"):
@@ -172,6 +179,30 @@ def test_resynthesis_against_the_source(synthesis):
     expected = sm.compare_waveforms(source / np.abs(source).max() * 0.999, out, pipeline)  # peak-normalised original
     assert measures.per_utterance["V001_0000000001"]["mcd_db"] == pytest.approx(expected.mcd_db, rel=1e-12)
     assert measures.mcd_db == pytest.approx(np.mean([v["mcd_db"] for v in measures.per_utterance.values()]), rel=1e-12)
+
+
+def test_resynthesis_measures_are_means_over_utterances(synthesis, monkeypatch):
+    import dataclasses
+
+    import speechsq
+
+    entries = sm.read_synthesis_dir(synthesis / "out")  # converted voices too: only "source" is compared
+    entries.append(dataclasses.replace(next(e for e in entries if e.voice == "source"), utt="copy"))
+    values = iter([(1.0, 4.0), (2.0, 5.0), (6.0, 9.0)])  # per source utterance (MCD, LSD), in entry order
+    monkeypatch.setattr(sm, "compare_waveforms", lambda *args: sm.SpectralDistance(*next(values), frames=3))
+    measures = sm.measure_resynthesis(entries, speechsq.load(tiny_checkpoint()))
+    assert (measures.mcd_db, measures.lsd_db, measures.n_utterances) == (3.0, 6.0, 3)
+
+
+def test_an_unfinished_synthesis_dir_is_refused(tmp_path, synthesis):
+    import shutil
+
+    from speechsq.errors import IncompleteOutputError
+
+    shutil.copytree(synthesis / "out", tmp_path / "out")
+    (tmp_path / "out" / "complete.json").unlink()  # resynthesize died (or still runs)
+    with pytest.raises(IncompleteOutputError, match=r"out is incomplete \(no complete.json.*run `speechsq resynthesize` again"):
+        sm.read_synthesis_dir(tmp_path / "out")
 
 
 def test_the_command_writes_the_report_keys(tmp_path, synthesis):

@@ -204,6 +204,12 @@ def test_parallel_wavegan_adapter_refuses_what_does_not_fit(tmp_path):
     cmvn = vctk_cmvn()
     with pytest.raises(VocoderError, match=r"hop_size: vocoder 256, features 300; fmax: vocoder 12000.0, features 7600.0\)"):
         build_vocoder("parallel_wavegan", "vctk", cmvn, checkpoint=checkpoint, generator_factory=FakeGenerator)
+    windowed = tmp_path / "windowed"
+    windowed.mkdir()
+    pwg_files(windowed, analysis={"window": "hamming"})
+    with pytest.raises(VocoderError, match=r"\(window: vocoder hamming, features hann\)"):
+        build_vocoder("parallel_wavegan", "vctk", cmvn, checkpoint=windowed / "checkpoint-10steps.pkl",
+                      generator_factory=FakeGenerator)
     with pytest.raises(VocoderError, match="pre-emphasised"):
         build_vocoder("parallel_wavegan", "zerospeech19", checkpoint=checkpoint, generator_factory=FakeGenerator)
     with pytest.raises(VocoderError, match="needs checkpoint=PATH"):
