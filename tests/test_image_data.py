@@ -416,3 +416,14 @@ def test_hflip_transform_and_registry_source():
     src = build_batch_source({"name": "images", "dataset": "digits", "pixels": "categorical", "batch_size": 8}, rank=1, world_size=2, seed=0)
     assert src.batch_size == 4 and src.model_overrides() == {"channels": 1, "num_categories": 17}
     assert sum(b["images"].shape[0] for b in iterate_batches(split, 64)) == len(split)
+
+
+def test_hflip_flips_each_image_with_probability_one_half():
+    from speechsq.data.images import random_horizontal_flip
+
+    raw = np.arange(400 * 6).reshape(400, 1, 2, 3)
+    out = random_horizontal_flip(raw, np.random.default_rng(5))
+    expected = np.random.default_rng(5).random(400) < 0.5  # one uniform per image, flipped below 1/2
+    flipped = np.array([np.array_equal(o, r[..., ::-1]) for o, r in zip(out, raw)])
+    assert np.array_equal(flipped, expected)
+    assert np.array_equal(out[~expected], raw[~expected])

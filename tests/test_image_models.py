@@ -216,3 +216,42 @@ def test_experiment_scripts_run_end_to_end(tmp_path, script, args):
     done = subprocess.run([sys.executable, str(path), *args, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert list(tmp_path.glob("*.png")) and list(tmp_path.glob("*.json"))
+
+
+def _layer_kinds(sequence):
+    return [type(m).__name__ for m in sequence]
+
+
+def test_edvae_network_follows_its_table_4():
+    """EdVAE App. D.2 / Table 4 with n = 16: channel widths n, 2n, 4n; two res blocks per
+    level; EncRes = 3 x (ReLU, Conv3), ReLU, Conv1; DecRes = ReLU, Conv1, 3 x (ReLU, Conv3)."""
+    model = _model("edvae", channels=3)
+    enc, dec = model.encoder, model.decoder
+    assert _layer_kinds(enc) == ["Conv2d", "EncResBlock", "EncResBlock", "MaxPool2d", "EncResBlock", "EncResBlock",
+                                 "MaxPool2d", "EncResBlock", "EncResBlock", "Conv2d"]  # fmt: skip
+    assert _layer_kinds(dec) == ["DecResBlock", "DecResBlock", "Upsample", "DecResBlock", "DecResBlock", "Upsample",
+                                 "DecResBlock", "DecResBlock", "ReLU", "Conv2d"]  # fmt: skip
+    assert [enc[i].body[-1].out_channels for i in (1, 2, 4, 5, 7, 8)] == [16, 16, 32, 32, 64, 64]
+    assert [dec[i].body[1].out_channels for i in (0, 1, 3, 4, 6, 7)] == [64, 64, 32, 32, 16, 16]
+    assert _layer_kinds(enc[1].body) == ["ReLU", "Conv2d"] * 4 and enc[1].body[-1].kernel_size == (1, 1)
+    assert [c.kernel_size for c in enc[1].body[1:6:2]] == [(3, 3)] * 3
+    assert _layer_kinds(dec[0].body) == ["ReLU", "Conv2d"] * 4 and dec[0].body[1].kernel_size == (1, 1)
+    assert [c.kernel_size for c in dec[0].body[3::2]] == [(3, 3)] * 3
+    assert enc[0].kernel_size == (3, 3) and enc[0].padding == (1, 1) and enc[-1].kernel_size == (1, 1)
+    assert enc[0].bias is not None
+
+
+def test_two_layer_encoder_widths_are_half_then_full():
+    """SQ-VAE App. D.3 / E.1.2: Conv4(d_b / 2), BN, ReLU, Conv4(d_b) (width 16 here)."""
+    enc = _model("sqvae_mnist").encoder
+    assert (enc[0].out_channels, enc[3].in_channels, enc[3].out_channels) == (8, 8, 16)
+
+
+def test_vmf_latents_are_unit_vectors_along_the_channel_axis():
+    torch.manual_seed(0)
+    q = build_quantizer("vq", num_codes=8, code_dim=16)
+    model = ImageVQVAE(q, LIKELIHOODS.get("gaussian_fixed")(sigma2=0.1), "sqvae_mnist", 1, None, width=16,
+                       normalize_latent=True)  # fmt: skip
+    z_e = model.encode(torch.rand(2, 1, 28, 28))["z_e"]
+    assert z_e.shape == (2, 16, 7, 7)
+    torch.testing.assert_close(z_e.norm(dim=1), torch.ones(2, 7, 7))

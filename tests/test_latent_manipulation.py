@@ -133,3 +133,14 @@ def test_pairs_never_pair_an_image_with_itself_and_ratios_are_seeded_uniforms():
     assert np.array_equal(ratios, LM.mixing_ratios(2000, seed=1))
     with pytest.raises(LM.ManipulationError, match="at least 2 images"):
         LM.interpolation_pairs(1)
+
+
+def test_each_pair_is_mixed_with_its_own_ratio():
+    q = build_quantizer("vq", num_codes=4, code_dim=2)
+    with torch.no_grad():
+        q.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    z_a = torch.zeros(2, 2, 1, 1)
+    z_b = torch.ones(2, 2, 1, 1)
+    # (0.2, 0.2) -> b0, (0.9, 0.9) -> b3
+    codes = LM.interpolated_codes(IdentityEncoder(q), z_a, z_b, torch.tensor([0.2, 0.9]))
+    assert codes.reshape(-1).tolist() == [0, 3]

@@ -181,3 +181,154 @@ def test_model_factory_errors_are_clear():
         build_model(OmegaConf.merge(base, {"model": {"n_speakers": None}}))
     with pytest.raises(ValueError, match="does not take option"):
         build_model(OmegaConf.merge(base, {"quantizer": {"options": {"bogus": 1}}}))
+
+
+def _fixed_uniforms(monkeypatch, values):
+    """Make the jitter's uniforms the given (B, T) numbers."""
+    values = torch.as_tensor(values, dtype=torch.float32)
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: values.clone())
+
+
+def test_jitter_sources_for_given_uniforms_by_hand(monkeypatch):
+    """p = 0.5: u < 0.25 takes the left neighbour, u > 0.75 the right one, else the frame
+    itself; the first frame cannot go left, the last valid frame cannot go right."""
+    u = [[0.10, 0.10, 0.50, 0.90, 0.20, 0.95],  # full length 6
+         [0.90, 0.24, 0.76, 0.95, 0.90, 0.10]]  # 4 valid frames
+    _fixed_uniforms(monkeypatch, u)
+    jitter = Jitter(0.5).train()
+    src = jitter.source_indices(2, 6, torch.tensor([6, 4]), "cpu")
+    assert src.tolist() == [[0, 0, 2, 4, 3, 5], [1, 0, 3, 3, 3, 3]]
+    # without lengths the last frame of the tensor is the last valid one
+    _fixed_uniforms(monkeypatch, [[0.1, 0.5, 0.99]])
+    x = torch.tensor([[[10.0], [11.0], [12.0]]])
+    assert jitter(x)[0, :, 0].tolist() == [10.0, 11.0, 12.0]
+    _fixed_uniforms(monkeypatch, [[0.99, 0.1, 0.1]])
+    assert jitter(x)[0, :, 0].tolist() == [11.0, 10.0, 11.0]
+    # p = 1: never kept (u < 1/2 left, u > 1/2 right)
+    _fixed_uniforms(monkeypatch, [[0.4, 0.6, 0.3]])
+    assert Jitter(1.0).train().source_indices(1, 3, None, "cpu").tolist() == [[0, 2, 1]]
+
+
+def test_jitter_replaces_the_end_frames_with_the_paper_probabilities():
+    """The ends are clamped: the first frame is kept with probability 1 - p/2 (u >= p/2), the
+    last valid frame likewise; both take their only neighbour with probability p/2."""
+    torch.manual_seed(1)
+    b, t = 20000, 5
+    lengths = torch.full((b,), 4)
+    src = Jitter(0.5).train().source_indices(b, t, lengths, "cpu")
+    first, last = src[:, 0], src[:, 3]
+    assert set(first.unique().tolist()) == {0, 1} and set(last.unique().tolist()) == {2, 3}
+    # standard error sqrt(0.25 * 0.75 / 20000) = 0.003
+    assert abs((first == 0).float().mean().item() - 0.75) < 0.012
+    assert abs((last == 3).float().mean().item() - 0.75) < 0.012
+
+
+def _padded_pair():
+    """Two training segments in one batch: 32 and 16 inner frames (+1 context each side)."""
+    batch = smooth_batch(b=2, seed=3)
+    batch["lengths"] = torch.tensor([34, 18])
+    batch["feats"][1, :, 18:] = 0.0
+    batch["speaker"] = torch.tensor([1, 2])
+    alone = [{"feats": batch["feats"][:1], "speaker": batch["speaker"][:1], "lengths": torch.tensor([34])},
+             {"feats": batch["feats"][1:, :, :18], "speaker": batch["speaker"][1:], "lengths": torch.tensor([18])}]
+    return batch, alone
+
+
+@pytest.mark.parametrize("u", [0.99, 0.01, 0.5])
+def test_padded_training_batch_loss_is_the_mean_of_each_segment_alone(monkeypatch, u):
+    """Eval-mode BatchNorm, jitter on and forced to the right (0.99), the left (0.01) or kept:
+    the padded batch's loss, per example, is the average of the examples' losses alone; a
+    batch with one full-length segment is still padded, and jitter never reaches into padding."""
+    torch.manual_seed(0)
+    model = tiny_model(jitter=0.5).eval()
+    model.jitter.train()
+    batch, alone = _padded_pair()
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.full(shape, u))
+    together = model(batch)
+    singles = [model(one) for one in alone]
+    torch.testing.assert_close(together.loss, (singles[0].loss + singles[1].loss) / 2)
+    torch.testing.assert_close(together.terms["nll/recon"], (singles[0].terms["nll/recon"] + singles[1].terms["nll/recon"]) / 2)
+
+
+def test_dimension_normalisation_of_a_padded_batch_counts_the_inner_frames():
+    """Per-dimension loss = per-example loss / (n_mels x mean inner frames) = / (80 x 24)."""
+    batch, _ = _padded_pair()
+    torch.manual_seed(0)
+    per_example = tiny_model().eval()(batch).loss
+    torch.manual_seed(0)
+    per_dim = tiny_model(loss_normalization="dimension").eval()(batch).loss
+    torch.testing.assert_close(per_dim * N_MELS * 24, per_example)
+
+
+def test_decoder_packing_covers_every_frame_of_a_full_length_sequence():
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    z = torch.randn(2, 5, 8)
+    speaker = torch.tensor([0, 2])
+    plain = model.decoder(z, speaker)
+    assert plain.shape == (2, N_MELS, 10)
+    torch.testing.assert_close(model.decoder(z, speaker, torch.tensor([5, 5])), plain)
+    # a shorter sequence in the batch decodes as it would alone
+    short = model.decoder(z, speaker, torch.tensor([5, 3]))
+    torch.testing.assert_close(short[1, :, :6], model.decoder(z[1:, :3], speaker[1:])[0])
+
+
+def test_decode_masks_beyond_twice_the_latent_length_and_keeps_the_mode():
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    z = torch.randn(2, 5, 8)
+    speaker = torch.tensor([1, 0])
+    out = model.decode(z, speaker, torch.tensor([5, 3]))
+    assert out.shape == (2, N_MELS, 10)
+    assert (out[1, :, 6:] == 0).all() and (out[1, :, :6] != 0).all()
+    torch.testing.assert_close(out[1, :, :6], model.decode(z[1:, :3], speaker[1:])[0])
+    torch.testing.assert_close(out[0], model.decode(z[:1], speaker[:1])[0])
+    assert not model.training  # eval stays eval
+    model.encode(smooth_batch(b=1)["feats"])
+    assert not model.training
+    model.train()
+    model.decode(z, speaker)
+    assert model.training
+
+
+def test_batched_encoding_gives_each_utterances_own_encoder_outputs():
+    """Odd lengths get one replicated last frame, never the padding that follows them in a batch."""
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    feats = torch.rand(3, N_MELS, 12) + 1.0  # the frames beyond each length are not zero
+    lengths = torch.tensor([12, 7, 5])
+    enc = model.encode(feats, lengths)
+    assert enc["lengths"].tolist() == [6, 4, 3]
+    for i, n in enumerate(lengths.tolist()):
+        one = model.encode(feats[i : i + 1, :, :n])
+        torch.testing.assert_close(enc["z_e"][i, : (n + 1) // 2], one["z_e"][0], atol=1e-5, rtol=1e-5)
+    # an odd utterance encodes as the same utterance with its last frame repeated once
+    five = feats[2:, :, :5]
+    torch.testing.assert_close(model.encode(five)["z_e"], model.encode(torch.cat([five, five[:, :, -1:]], 2))["z_e"])
+
+
+def test_data_options_the_model_cannot_train_on_are_clear_errors():
+    from speechsq.models.speech import check_data_compatibility
+
+    check_data_compatibility({"n_mels": 80}, {"segment_frames": 32, "context_frames": 1, "n_mels": 80})
+    with pytest.raises(ValueError, match="data.segment_frames=33: the encoder downsamples by 2"):
+        check_data_compatibility({}, {"segment_frames": 33})
+    with pytest.raises(ValueError, match="data.segment_frames=0"):
+        check_data_compatibility({}, {"segment_frames": 0})
+    with pytest.raises(ValueError, match="data.context_frames=2"):
+        check_data_compatibility({}, {"context_frames": 2})
+    with pytest.raises(ValueError, match="data.n_mels=40 but model.n_mels=80"):
+        check_data_compatibility({"n_mels": 80}, {"n_mels": 40})
+
+
+def test_speech_model_defaults_are_the_papers():
+    """SQ-VAE App. E.2.2 (van Niekerk et al.): 768 encoder channels, 64-dim speaker embedding,
+    2 BiGRU layers of 128, jitter 0.5, 80 mel bins, when a config leaves them out."""
+    cfg = OmegaConf.create({"model": {"name": "speech_vqvae", "n_speakers": 2, "likelihood": {"name": "gaussian_fixed"}},
+                            "quantizer": {"name": "vq", "num_codes": 8, "code_dim": 4}})
+    model = build_model(cfg)
+    assert model.jitter.p == 0.5 and model.n_mels == 80
+    assert model.decoder.speaker_embedding.embedding_dim == 64
+    assert (model.decoder.rnn.hidden_size, model.decoder.rnn.num_layers, model.decoder.rnn.bidirectional) == (128, 2, True)
+    assert model.encoder.project.in_channels == 768 and model.decoder.upsample == 2
+    assert model.loss_normalization == "example"

@@ -348,3 +348,25 @@ def test_conditional_sampling_and_label_checks():
         prior.sample(3, labels=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"logits_fn returned \(1, 3\) at \(0, 0\), expected \(1, 4\)"):
         sample_autoregressive(lambda codes: torch.zeros(1, 3, 2, 2), 1, 2, 2, 4)
+
+
+def test_head_is_relu_conv_relu_conv_on_the_horizontal_stack():
+    """logits = Conv1x1(ReLU(Conv1x1(ReLU(h_L)))) with h_L the last horizontal stack output."""
+    torch.manual_seed(0)
+    prior = _prior(num_codes=5, layers=2)
+    x = torch.randn(2, 8, 3, 4, dtype=torch.double)
+    v = h = x
+    for layer in prior.layers:
+        v, h = layer(v, h, None)
+    first, second = prior.head[1], prior.head[3]
+    by_hand = second(torch.relu(first(torch.relu(h))))
+    assert (h < 0).any()  # the first ReLU matters
+    torch.testing.assert_close(prior.logits_from_embedding(x), by_hand)
+
+
+def test_sampling_keeps_an_eval_prior_in_eval_mode():
+    prior = _prior(num_codes=4)
+    prior.height, prior.width = 2, 2
+    prior.eval()
+    prior.sample(1, generator=torch.Generator().manual_seed(0))
+    assert not prior.training

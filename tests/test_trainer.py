@@ -480,6 +480,27 @@ def test_non_finite_gradient_stops_before_the_update(tmp_path, grad_clip):
     assert trainer.step == 0 and torch.equal(model.w.detach(), torch.zeros(1))  # Adam never saw the NaN
 
 
+def test_plateau_resets_its_count_on_improvement_and_stops_at_min_lr():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    plateau = PlateauSchedule(opt, plateau=PlateauConfig(patience=2, factor=0.5, threshold=0.0, min_lr=0.3))
+    for loss in [5.0, 6.0, 4.0, 6.0]:  # the improvement to 4 resets the count: 1, 0, 1 bad validations
+        plateau.after_validation(loss)
+    assert opt.param_groups[0]["lr"] == 1.0 and plateau.bad_validations == 1
+    lrs = []
+    for _ in range(5):
+        plateau.after_validation(7.0)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == [0.5, 0.5, 0.3, 0.3, 0.3]  # 1 * 0.5, then 0.25 floored at min_lr = 0.3
+
+
+def test_schedule_options_are_checked():
+    with pytest.raises(ValueError, match="KL warm-up 'linear' needs steps >= 1, got 0"):
+        KLWarmup("linear", 0)
+    assert KLWarmup("linear", 1)(0) == 0.0 and KLWarmup("linear", 1)(1) == 1.0
+    with pytest.raises(ValueError, match="decay must be >= 0 or 'auto', got -0.5"):
+        TemperatureSchedule(decay=-0.5)
+    assert TemperatureSchedule(decay=0.0)(10**6) == 1.0
+
 # ----- schedules ----------------------------------------------------------------------------
 def test_temperature_and_kl_warmup_schedules():
     tau = TemperatureSchedule()
