@@ -427,3 +427,19 @@ def test_hflip_flips_each_image_with_probability_one_half():
     flipped = np.array([np.array_equal(o, r[..., ::-1]) for o, r in zip(out, raw)])
     assert np.array_equal(flipped, expected)
     assert np.array_equal(out[~expected], raw[~expected])
+
+
+def test_hflip_draws_are_per_process_and_per_batch():
+    """Process ``rank`` flips with its own generator, seeded (seed, epoch, batch number, rank, 1):
+    two processes do not flip the same batch positions, and a batch's flips are its own."""
+    split = load_image_dataset("digits", "valid")
+    for rank in (0, 1):
+        source = ImageBatchSource(split, batch_size=20, seed=3, rank=rank, world_size=2, transforms=("hflip",))
+        plain = ImageBatchSource(split, batch_size=20, seed=3, rank=rank, world_size=2)
+        for batch_number in (1, 2):
+            got, unflipped = source.next_batch()["images"], plain.next_batch()["images"]
+            flip = torch.as_tensor(np.random.default_rng([3, 0, batch_number, rank, 1]).random(20) < 0.5)
+            expected = torch.where(flip[:, None, None, None], unflipped.flip(-1), unflipped)
+            assert torch.equal(got, expected)
+    masks = [np.random.default_rng([3, 0, 1, rank, 1]).random(20) < 0.5 for rank in (0, 1)]
+    assert not np.array_equal(*masks)  # the check above can tell the ranks apart
