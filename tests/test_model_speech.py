@@ -115,13 +115,16 @@ def test_loss_covers_the_inner_frames_only():
     torch.testing.assert_close(out.terms["nll/recon"], sse_per_example)
 
 
-def test_dimension_normalisation_divides_by_the_data_dimensions():
-    batch = smooth_batch()
+@pytest.mark.parametrize("padded, inner_frames", [(False, 32), (True, 24)])
+def test_dimension_normalisation_divides_by_the_data_dimensions(padded, inner_frames):
+    """Per-dimension loss = per-example loss / (n_mels x mean inner frames): 80 x 32 for full
+    segments, 80 x 24 for the padded pair (its context frames do not count)."""
+    batch = _padded_pair()[0] if padded else smooth_batch()
     torch.manual_seed(0)
     per_example = tiny_model().eval()(batch).loss
     torch.manual_seed(0)
     per_dim = tiny_model(loss_normalization="dimension").eval()(batch).loss
-    torch.testing.assert_close(per_dim * N_MELS * 32, per_example)
+    torch.testing.assert_close(per_dim * N_MELS * inner_frames, per_example)
 
 
 def test_batched_padded_evaluation_equals_one_utterance_at_a_time():
@@ -248,16 +251,6 @@ def test_padded_training_batch_loss_is_the_mean_of_each_segment_alone(monkeypatc
     singles = [model(one) for one in alone]
     torch.testing.assert_close(together.loss, (singles[0].loss + singles[1].loss) / 2)
     torch.testing.assert_close(together.terms["nll/recon"], (singles[0].terms["nll/recon"] + singles[1].terms["nll/recon"]) / 2)
-
-
-def test_dimension_normalisation_of_a_padded_batch_counts_the_inner_frames():
-    """Per-dimension loss = per-example loss / (n_mels x mean inner frames) = / (80 x 24)."""
-    batch, _ = _padded_pair()
-    torch.manual_seed(0)
-    per_example = tiny_model().eval()(batch).loss
-    torch.manual_seed(0)
-    per_dim = tiny_model(loss_normalization="dimension").eval()(batch).loss
-    torch.testing.assert_close(per_dim * N_MELS * 24, per_example)
 
 
 def test_decoder_packing_covers_every_frame_of_a_full_length_sequence():
