@@ -321,17 +321,13 @@ def take_per_speaker_in_turn(sources: list[Source], limit: int) -> list[Source]:
     """``limit`` sources: the first of every speaker, then the second of every speaker, ...
     (speakers in order of first appearance), returned in input order. Unknown speakers count
     as one speaker. The first N of sorted ids would often be one speaker's alone."""
-    by_speaker: dict[str | None, list[int]] = {}
+    position: dict[str | None, int] = {}  # speaker -> order of first appearance
+    taken: dict[str | None, int] = {}  # speaker -> sources seen so far
+    keys = []  # (rank within its speaker, speaker position, index)
     for index, source in enumerate(sources):
-        by_speaker.setdefault(source.speaker, []).append(index)
-    chosen: list[int] = []
-    rank = 0
-    while len(chosen) < min(limit, len(sources)):
-        for indices in by_speaker.values():
-            if rank < len(indices) and len(chosen) < limit:
-                chosen.append(indices[rank])
-        rank += 1
-    return [sources[i] for i in sorted(chosen)]
+        keys.append((taken.get(source.speaker, 0), position.setdefault(source.speaker, len(position)), index))
+        taken[source.speaker] = keys[-1][0] + 1
+    return [sources[index] for index in sorted(index for *_, index in sorted(keys)[:limit])]
 
 
 def main(argv: list[str] | None = None) -> int:

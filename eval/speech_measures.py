@@ -279,8 +279,12 @@ def measure_conversion(
     from speechsq.eval.resynthesize import SOURCE_VOICE
 
     voices = sorted({e.voice for e in entries if e.voice != SOURCE_VOICE})
+    no_source = [e.utt for e in entries if e.voice != SOURCE_VOICE and e.source_audio is None]
+    if items is not None and no_source:  # the ABX of the original speech is the number to compare with
+        raise MeasureError(f"{len(no_source)} converted utterance(s) have no source audio to compare with (e.g. "
+                           f"{no_source[0]}: converted from units?); run without --items")
     out: dict[str, dict] = {}
-    original_scores: dict[frozenset, dict] = {}  # per utterance set: the ABX of the original speech
+    original_scores: dict[frozenset, tuple] = {}  # per utterance set: the ABX of the original speech
     for voice in voices:
         chosen = [e for e in entries if e.voice == voice]
         result: dict = {"n_utterances": len(chosen)}
@@ -299,30 +303,26 @@ def measure_conversion(
             result["speaker_match"] = 100.0 * assigned.get(voice, 0) / len(chosen)
             result["assigned"] = dict(sorted(assigned.items()))
         if items is not None:
-            from speechsq.eval.abx import compute_abx
-
-            # only the synthesised subset of the item file's utterances is scored: the others are
-            # missing on purpose (compute_abx refuses partial features unless told so; it counts them)
-            def score(features: dict[str, np.ndarray]) -> dict[str, float | None]:
-                abx = compute_abx(items, features, frame_shift=codec.frame_shift, distance=abx_distance,
-                                  context_modes=("within",), allow_missing=True)
-                return {"within": abx.scores.get("within-within"), "across": abx.scores.get("across-within")}
-
-            converted = score(codes)
+            result["abx_within"], result["abx_across"] = _subset_abx(items, codes, codec, abx_distance)
             key = frozenset(codes)
             if key not in original_scores:  # every voice converts the same utterances: scored once
-                originals = [e for e in chosen if e.source_audio is not None]
-                if len(originals) != len(chosen):
-                    raise MeasureError(f"conversion to {voice}: {len(chosen) - len(originals)} utterance(s) have no "
-                                       "source audio to compare with (converted from units?); run without --items")
-                original_scores[key] = score({
+                original_scores[key] = _subset_abx(items, {
                     e.utt: codec.encode(_read_wav(e.source_audio, codec.sample_rate), codec.sample_rate).quantized.numpy()
-                    for e in originals})
-            result["abx_within"], result["abx_across"] = converted["within"], converted["across"]
-            result["abx_within_original"] = original_scores[key]["within"]
-            result["abx_across_original"] = original_scores[key]["across"]
+                    for e in chosen}, codec, abx_distance)
+            result["abx_within_original"], result["abx_across_original"] = original_scores[key]
         out[voice] = result
     return out
+
+
+def _subset_abx(items, features: dict[str, np.ndarray], codec, distance: str) -> tuple[float | None, float | None]:
+    """(within, across)-speaker ABX, within context, of the synthesised subset of the item
+    file's utterances: the others are missing on purpose (compute_abx refuses partial features
+    unless told so, and counts them)."""
+    from speechsq.eval.abx import compute_abx
+
+    abx = compute_abx(items, features, frame_shift=codec.frame_shift, distance=distance, context_modes=("within",),
+                      allow_missing=True)
+    return abx.scores.get("within-within"), abx.scores.get("across-within")
 
 
 def _mean(values) -> float | None:
@@ -350,10 +350,7 @@ def summarize(resynthesis: ResynthesisMeasures | None, conversion: Mapping[str, 
 # ----------------------------------------------------------------------------- command line
 
 
-MEASURES_FILE = "synthesis.json"
-#: the flat keys `speechsq report` shows as columns
-TABLE_KEYS = ("resynthesis_mcd_db", "resynthesis_lsd_db", "conversion_speaker_match", "conversion_abx_across",
-              "conversion_abx_across_original")
+MEASURES_FILE = "synthesis.json"  # its flat keys that `speechsq report` shows: report.SYNTHESIS_METRICS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -166,6 +166,20 @@ def test_conversion_abx_scores_the_re_encoded_speech(synthesis, monkeypatch):
     assert summary["conversion_abx_across_original"] == 30.0
 
 
+def test_conversion_abx_needs_the_source_audio(synthesis, monkeypatch):
+    import dataclasses
+
+    import speechsq
+    from speechsq.eval import abx
+
+    monkeypatch.setattr(abx, "compute_abx", lambda *a, **k: pytest.fail("scored before the inputs were checked"))
+    entries = sm.read_synthesis_dir(synthesis / "out")
+    entries[1] = dataclasses.replace(entries[1], source_audio=None)  # as converted from units
+    with pytest.raises(sm.MeasureError, match=rf"1 converted utterance\(s\) have no source audio to compare with "
+                                              rf"\(e\.g\. {entries[1].utt}: converted from units\?\); run without --items"):
+        sm.measure_conversion(entries, speechsq.load(tiny_checkpoint()), items="items.txt")
+
+
 def test_resynthesis_against_the_source(synthesis):
     import speechsq
 
